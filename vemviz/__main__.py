@@ -1,0 +1,3 @@
+from vemviz.cli import main
+
+raise SystemExit(main())
