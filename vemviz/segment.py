@@ -48,6 +48,17 @@ def _ball(radius_nm: float, voxel_size_nm: VoxelSize) -> np.ndarray:
     return sum(g**2 for g in grids) <= radius_nm**2
 
 
+def imaged_slices(image: np.ndarray) -> np.ndarray:
+    """Boolean per z slice: False for blank (constant) slices, which must not bias thresholds."""
+    return image.reshape(image.shape[0], -1).std(axis=1) > 1e-3 * max(float(np.ptp(image)), 1.0)
+
+
+def _box_maximum(values: np.ndarray, radius_nm: float, voxel_size_nm: VoxelSize) -> np.ndarray:
+    """Maximum over a box of half-width ``radius_nm`` (separable, so fast for large radii)."""
+    size = tuple(2 * max(int(radius_nm // v), 0) + 1 for v in voxel_size_nm)
+    return ndi.maximum_filter(values, size=size)
+
+
 def _min_voxels(volume_nm3: float, voxel_size_nm: VoxelSize) -> int:
     return max(int(volume_nm3 / float(np.prod(voxel_size_nm))), 1)
 
@@ -57,8 +68,7 @@ def split_touching(
 ) -> np.ndarray:
     """Instance labels for a binary mask: watershed on the distance transform (nm)."""
     distance = ndi.distance_transform_edt(mask, sampling=voxel_size_nm)
-    footprint = _ball(min_separation_nm, voxel_size_nm)
-    peaks = (distance == ndi.maximum_filter(distance, footprint=footprint)) & mask
+    peaks = (distance == _box_maximum(distance, min_separation_nm, voxel_size_nm)) & mask
     peaks &= distance > 0.5 * min_separation_nm
     markers = connected_components(peaks, connectivity=3)
     if markers.max() == 0:
@@ -77,7 +87,7 @@ def segment_mito(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Mitochondria instance labels (uint32) and a report with the threshold used."""
     smooth = ndi.gaussian_filter(image.astype(np.float32), _sigma_voxels(smooth_nm, voxel_size_nm))
-    threshold = float(threshold_otsu(smooth))
+    threshold = float(threshold_otsu(smooth[imaged_slices(image)]))
     mask = smooth < threshold
     mask = ndi.binary_opening(mask, structure=_ball(opening_nm, voxel_size_nm))
     mask = remove_small_objects(mask, max_size=_min_voxels(min_volume_nm3, voxel_size_nm))
@@ -96,12 +106,11 @@ def segment_cells(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Dense cell instance labels (uint32) by seeded watershed from membrane distance."""
     smooth = ndi.gaussian_filter(image.astype(np.float32), _sigma_voxels(smooth_nm, voxel_size_nm))
-    low, high = np.percentile(smooth, [2, 60])
+    low, high = np.percentile(smooth[imaged_slices(image)], [2, 60])
     membrane = smooth < low + 0.45 * (high - low)
     interior = ~membrane
     distance = ndi.distance_transform_edt(interior, sampling=voxel_size_nm)
-    footprint = _ball(seed_distance_nm, voxel_size_nm)
-    peaks = (distance == ndi.maximum_filter(distance, footprint=footprint)) & (
+    peaks = (distance == _box_maximum(distance, seed_distance_nm, voxel_size_nm)) & (
         distance > seed_distance_nm / 2
     )
     markers = connected_components(peaks, connectivity=3)
@@ -128,10 +137,13 @@ def _merge_small(labels: np.ndarray, min_voxels: int) -> np.ndarray:
     small = np.flatnonzero((sizes > 0) & (sizes < min_voxels))
     if len(small) == 0 or len(small) == np.count_nonzero(sizes):
         return _drop_small(labels, 1)
-    grown = ndi.grey_dilation(labels, size=(1, 3, 3))
+    boxes = ndi.find_objects(labels)
     lookup = np.arange(len(sizes), dtype=np.uint32)
     for region in small:
-        touching = grown[(labels == region) & (grown != region)]
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[region - 1])
+        crop = labels[box]
+        grown = ndi.grey_dilation(crop, size=(1, 3, 3))
+        touching = grown[(crop == region) & (grown != region)]
         if touching.size:
             lookup[region] = np.bincount(touching).argmax()
     return _drop_small(lookup[labels], 1)

@@ -70,10 +70,10 @@ def _squeeze_to_zyx(data: da.Array, axes: list[dict], path: Path) -> da.Array:
     return data
 
 
-def _read_ome(path: Path) -> Volume | None:
+def _read_ome(path: Path) -> Volume:
     nodes = list(Reader(parse_url(str(path)))())
-    if not nodes or not nodes[0].specs or not isinstance(nodes[0].specs[0], Multiscales):
-        return None
+    if not nodes or not any(isinstance(spec, Multiscales) for spec in nodes[0].specs):
+        raise VemvizError(f"{path} is a zarr group without OME-Zarr multiscales metadata")
     node = nodes[0]
     axes = node.metadata.get("axes") or [{"name": n, "type": "space"} for n in "zyx"]
     data = _squeeze_to_zyx(node.data[0], axes, path)
@@ -81,8 +81,7 @@ def _read_ome(path: Path) -> Volume | None:
     return Volume(data, voxel, {"source": str(path), "format": "ome-zarr"})
 
 
-def _read_plain(path: Path) -> Volume:
-    array = zarr.open_array(str(path), mode="r")
+def _read_plain(array: zarr.Array, path: Path) -> Volume:
     voxel = array.attrs.get("voxel_size_nm")
     return Volume(da.from_zarr(array), voxel, {"source": str(path), "format": "zarr"})
 
@@ -90,8 +89,8 @@ def _read_plain(path: Path) -> Volume:
 def read_zarr(path: Path) -> Volume:
     """Read OME-Zarr (full-resolution level) or a plain zarr array, lazily."""
     try:
-        found = _read_ome(path)
-        return found if found is not None else _read_plain(path)
+        node = zarr.open(str(path), mode="r")
+        return _read_plain(node, path) if isinstance(node, zarr.Array) else _read_ome(path)
     except VemvizError:
         raise
     except Exception as exc:

@@ -1,0 +1,464 @@
+"""Align the sections of a (z, y, x) stack to each other.
+
+Method. Sections whose intensity spread is tiny (standard deviation below a tenth of the
+stack's median: blank, or lost) or that are listed in ``skip`` are *bad*; they take no part in
+registration. Every good section z is registered to its ``neighbours`` nearest previous good
+sections (z-1 and z-2 by default; across a bad section this bridges z-1 to z+1):
+
+* a phase-correlation translation starts the search (it handles shifts of many pixels), then
+  ``cv2.findTransformECC`` refines a Euclidean (``rigid``) or affine (``affine``/``elastic``)
+  warp on an image pyramid, coarse to fine;
+* each pair gives a constraint ``T_k = W_zk T_z`` between the section transforms (a transform
+  maps output pixels to the section's own pixels), weighted by the pair's NCC after warping.
+
+All section transforms are solved jointly by sparse linear least squares over every pairwise
+constraint (in coordinates centred on the image and scaled by half its size, so rotations and
+translations weigh alike). Because each section is tied to two earlier ones, one bad pair
+cannot derail the rest of the stack and registration errors do not add up as a random walk.
+The first good section anchors the solve; the solution is then re-expressed so that the mean
+transform over the stack is the identity (the aligned stack sits where the sections sit on
+average instead of following the first one). ``detrend=True`` also removes the linear trend
+of the translations along z: it cancels the shear that a consistent registration bias (oblique
+structures) builds up, but it also cancels real linear stage drift, so it is off by default.
+Rigid transforms are solved as similarities and projected back to rotations (scale 1). Bad
+sections get transforms interpolated linearly between their nearest good neighbours.
+
+``elastic`` adds, after the affine solve, a smooth displacement field per section. Dense
+Farneback optical flow is measured between each section and its previous good neighbours
+(affine-aligned), area-averaged onto a coarse mesh (nodes every ``mesh_spacing`` pixels), and
+the per-node displacements of all sections are solved jointly by least squares
+(``D_k - D_z = flow_zk``, weight 1 per pair) with a spring of strength ``stiffness`` pulling
+each section back to its affine position. A section warped differently from both neighbours
+is therefore corrected, while slow changes of anatomy along z (which any flow field follows)
+are not integrated into a drift. The mesh is interpolated bicubically to a dense field.
+
+Every transform is stored in the report (2x3 matrices, and for ``elastic`` the coarse mesh of
+``(dx, dy)`` pixels) so that `apply_transforms` can re-apply it to another volume of the same
+shape, e.g. labels with ``order=0``. Output dtype = input dtype; pixels mapped from outside a
+section are 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+from vemviz.errors import VemvizError
+from vemviz.flow import dense_flow, to_dtype
+from vemviz.progress import track
+
+MODES = ("rigid", "affine", "elastic")
+ORDERS = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}
+_BLANK_STD_FRACTION = 0.1
+_COARSEST_SIDE = 64
+_ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
+_MIN_WEIGHT = 0.05
+
+# similarity parameters (p, q, c, f) -> 2x3 entries [[p, -q, c], [q, p, f]] (row-major)
+_SIMILARITY_BASIS = np.array(
+    [[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]],
+    dtype=np.float64,
+)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _as3(matrix: np.ndarray) -> np.ndarray:
+    return np.vstack([matrix, [0.0, 0.0, 1.0]])
+
+
+def _normaliser(shape: tuple[int, int]) -> np.ndarray:
+    """3x3 map from pixel (x, y) to coordinates centred on the image, half-size = 1."""
+    h, w = shape
+    s = max(h, w) / 2.0
+    return np.array([[1 / s, 0, -(w - 1) / (2 * s)], [0, 1 / s, -(h - 1) / (2 * s)], [0, 0, 1]])
+
+
+def _to_rigid(matrix: np.ndarray) -> np.ndarray:
+    """Project a similarity/near-rigid 2x3 matrix onto a rotation (scale 1)."""
+    p = (matrix[0, 0] + matrix[1, 1]) / 2
+    q = (matrix[1, 0] - matrix[0, 1]) / 2
+    scale = math.hypot(p, q)
+    out = matrix.copy()
+    out[:, :2] = np.array([[p, -q], [q, p]]) / scale
+    return out
+
+
+def to_uint8_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale two images to uint8 with one shared intensity range (0.5-99.5 percentiles)."""
+    lo, hi = np.percentile(np.concatenate([a.ravel(), b.ravel()]), [0.5, 99.5])
+    scale = 255.0 / max(float(hi - lo), 1e-12)
+    return tuple(  # type: ignore[return-value]
+        np.clip((image.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
+        for image in (a, b)
+    )
+
+
+def _standardise(image: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float32)
+    return (image - image.mean()) / max(float(image.std()), 1e-6)
+
+
+def ncc(x: np.ndarray, y: np.ndarray) -> float:
+    """Normalised cross-correlation of two equally shaped arrays (0 when one is constant)."""
+    x = x.astype(np.float64) - x.mean()
+    y = y.astype(np.float64) - y.mean()
+    denom = math.sqrt(float(np.sum(x * x) * np.sum(y * y)))
+    return float(np.sum(x * y) / denom) if denom > 0 else 0.0
+
+
+def _bad_sections(stack: np.ndarray, skip: Sequence[int]) -> list[int]:
+    stds = [float(section.std()) for section in stack]
+    listed = set(skip)
+    kept = [s for z, s in enumerate(stds) if z not in listed]
+    limit = _BLANK_STD_FRACTION * float(np.median(kept)) if kept else 0.0
+    return [z for z, s in enumerate(stds) if z in listed or s <= limit or s == 0]
+
+
+# --------------------------------------------------------------------- pair registration
+
+
+def _pyramid(image: np.ndarray) -> list[np.ndarray]:
+    levels = [image]
+    while min(levels[-1].shape) >= 2 * _COARSEST_SIDE:
+        levels.append(cv2.pyrDown(levels[-1]))
+    return levels[::-1]
+
+
+def _register(fixed: np.ndarray, moving: np.ndarray, motion: int) -> tuple[np.ndarray, float]:
+    """2x3 W with moving(W x) ~ fixed(x), and the NCC of the overlap after warping."""
+    fixed, moving = _standardise(fixed), _standardise(moving)
+    window = cv2.createHanningWindow(fixed.shape[::-1], cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(fixed, moving, window)
+    warp = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+    fixed_levels, moving_levels = _pyramid(fixed), _pyramid(moving)
+    scale = 2.0 ** (1 - len(fixed_levels))
+    warp[:, 2] *= scale
+    for level, (f, m) in enumerate(zip(fixed_levels, moving_levels, strict=True)):
+        if level:
+            warp[:, 2] *= 2
+        try:
+            _, warp = cv2.findTransformECC(f, m, warp, motion, _ECC_CRITERIA, None, 3)
+        except cv2.error:  # no convergence at this level: keep the coarser estimate
+            continue
+    return warp.astype(np.float64), _pair_ncc(fixed, moving, warp)
+
+
+def _pair_ncc(fixed: np.ndarray, moving: np.ndarray, warp: np.ndarray) -> float:
+    size = fixed.shape[::-1]
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(moving, warp, size, flags=flags)
+    valid = cv2.warpAffine(np.ones_like(moving), warp, size, flags=flags) > 0.999
+    return ncc(fixed[valid], warped[valid]) if valid.sum() > 16 else 0.0
+
+
+def _reference_pairs(good: list[int], neighbours: int) -> list[tuple[int, int]]:
+    """(z, k) pairs: each good section with its ``neighbours`` previous good sections."""
+    return [(z, good[j]) for i, z in enumerate(good) for j in range(max(0, i - neighbours), i)]
+
+
+# --------------------------------------------------------------------------- global solve
+
+
+def _solve_transforms(
+    good: list[int],
+    pairs: list[tuple[int, int]],
+    warps: dict[tuple[int, int], np.ndarray],
+    weights: dict[tuple[int, int], float],
+    rigid: bool,
+) -> dict[int, np.ndarray]:
+    """Least squares T_k = W T_z over all pairs (normalised coords), good[0] fixed to I."""
+    basis = _SIMILARITY_BASIS if rigid else np.eye(6)
+    n_par = basis.shape[1]
+    column = {z: (i - 1) * n_par for i, z in enumerate(good)}  # good[0] -> negative (fixed)
+    identity = np.eye(2, 3).ravel()
+    rows, cols, vals, rhs = [], [], [], []
+    for r, (z, k) in enumerate(pairs):
+        w_a, w_t = warps[(z, k)][:, :2], warps[(z, k)][:, 2]
+        # vec(W_A @ T) as a linear map of vec(T) (row-major 2x3)
+        compose = np.kron(w_a, np.eye(3))
+        root = math.sqrt(weights[(z, k)])
+        target = np.array([0, 0, w_t[0], 0, 0, w_t[1]])
+        blocks = [(k, np.eye(6)), (z, -compose)]
+        constant = np.zeros(6)
+        for section, block in blocks:
+            if column[section] < 0:
+                constant += block @ identity
+                continue
+            coef = block @ basis
+            for i in range(6):
+                for j in range(n_par):
+                    rows.append(6 * r + i)
+                    cols.append(column[section] + j)
+                    vals.append(root * coef[i, j])
+        rhs.extend(root * (target - constant))
+    shape = (len(rhs), n_par * (len(good) - 1))
+    a = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
+    solution = np.atleast_1d(scipy.sparse.linalg.spsolve((a.T @ a).tocsc(), a.T @ np.array(rhs)))
+    result = {good[0]: np.eye(2, 3)}
+    for z in good[1:]:
+        result[z] = (basis @ solution[column[z] : column[z] + n_par]).reshape(2, 3)
+    return result
+
+
+def _center_gauge(transforms: dict[int, np.ndarray], rigid: bool) -> dict[int, np.ndarray]:
+    """Re-express T_z as T_z G so that the mean transform is the identity."""
+    mean = np.mean([_as3(t) for t in transforms.values()], axis=0)
+    gauge = np.linalg.inv(mean)[:2]
+    if rigid:
+        gauge = _to_rigid(gauge)
+    out = {z: (_as3(t) @ _as3(gauge))[:2] for z, t in transforms.items()}
+    return {z: _to_rigid(t) for z, t in out.items()} if rigid else out
+
+
+def _detrend(transforms: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    zs = np.array(sorted(transforms), dtype=np.float64)
+    if len(zs) < 3:
+        return transforms
+    shifts = np.array([transforms[int(z)][:, 2] for z in zs])
+    slope = np.polyfit(zs - zs.mean(), shifts, 1)[0]
+    out = {}
+    for z, t in transforms.items():
+        t = t.copy()
+        t[:, 2] -= slope * (z - zs.mean())
+        out[z] = t
+    return out
+
+
+def _fill_bad(transforms: dict[int, np.ndarray], n: int, rigid: bool) -> list[np.ndarray]:
+    """Transforms for all n sections; bad ones interpolated between good neighbours."""
+    good = np.array(sorted(transforms))
+    stacked = np.array([transforms[int(z)] for z in good])
+    out = []
+    for z in range(n):
+        if z in transforms:
+            out.append(transforms[z])
+            continue
+        flat = [np.interp(z, good, stacked[:, i, j]) for i in range(2) for j in range(3)]
+        matrix = np.array(flat).reshape(2, 3)
+        out.append(_to_rigid(matrix) if rigid else matrix)
+    return out
+
+
+def _to_pixels(matrix: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    return (np.linalg.inv(norm) @ _as3(matrix) @ norm)[:2]
+
+
+# ------------------------------------------------------------------------------- elastic
+
+
+def _mesh_shape(shape: tuple[int, int], spacing: int) -> tuple[int, int]:
+    return max(2, round(shape[0] / spacing)), max(2, round(shape[1] / spacing))
+
+
+def _elastic_meshes(
+    aligned: np.ndarray,
+    good: list[int],
+    pairs: list[tuple[int, int]],
+    spacing: int,
+    stiffness: float,
+) -> dict[int, np.ndarray]:
+    """Per good section, a (gh, gw, 2) mesh of (dx, dy) solved jointly over all pairs."""
+    gh, gw = _mesh_shape(aligned.shape[1:], spacing)
+    index = {z: i for i, z in enumerate(good)}
+    system = scipy.sparse.lil_matrix(stiffness * scipy.sparse.eye(len(good)))
+    rhs = np.zeros((len(good), gh * gw * 2))
+    for z, k in track(pairs, "Elastic flow"):
+        flow = dense_flow(*to_uint8_pair(aligned[z], aligned[k]))
+        coarse = cv2.resize(flow, (gw, gh), interpolation=cv2.INTER_AREA).ravel()
+        i, j = index[z], index[k]
+        # normal equations of D_k - D_z = flow
+        system[i, i] += 1
+        system[j, j] += 1
+        system[i, j] -= 1
+        system[j, i] -= 1
+        rhs[j] += coarse
+        rhs[i] -= coarse
+    solution = scipy.sparse.linalg.spsolve(system.tocsc(), rhs).reshape(len(good), -1)
+    return {z: solution[index[z]].reshape(gh, gw, 2) for z in good}
+
+
+def _dense(mesh: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(mesh.astype(np.float32), shape[::-1], interpolation=cv2.INTER_CUBIC)
+
+
+# -------------------------------------------------------------------------------- warping
+
+
+def _sample_maps(
+    matrix: np.ndarray, mesh: np.ndarray | None, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Section-pixel coordinates sampled by every output pixel: T (x + D(x))."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    if mesh is not None:
+        dense = _dense(mesh, shape)
+        xs, ys = xs + dense[..., 0], ys + dense[..., 1]
+    map_x = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
+    map_y = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
+    return map_x.astype(np.float32), map_y.astype(np.float32)
+
+
+def _warp_section(
+    section: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, order: int
+) -> np.ndarray:
+    """Sample ``section`` at (map_x, map_y); outside -> 0; order 0 is exact for any dtype."""
+    if order == 0:
+        xi, yi = np.rint(map_x).astype(np.int64), np.rint(map_y).astype(np.int64)
+        h, w = section.shape
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        out = np.zeros(map_x.shape, section.dtype)
+        out[inside] = section[yi[inside], xi[inside]]
+        return out
+    work = section.astype(np.float64 if section.dtype == np.float64 else np.float32)
+    warped = cv2.remap(work, map_x, map_y, ORDERS[order], borderMode=cv2.BORDER_CONSTANT)
+    return to_dtype(warped, section.dtype)
+
+
+def apply_transforms(stack: np.ndarray, transforms: dict[str, Any], order: int = 1) -> np.ndarray:
+    """Re-apply ``report["transforms"]`` from `align_stack` to a stack of the same shape.
+
+    ``order`` 0 (nearest: exact for label volumes of any integer dtype), 1 (linear) or 3
+    (cubic). Returns an array with the input's dtype.
+    """
+    if order not in ORDERS:
+        raise VemvizError(f"interpolation order must be 0, 1 or 3, got {order}")
+    if stack.ndim != 3:
+        raise VemvizError(f"alignment needs a (z, y, x) stack, got {stack.ndim} dimensions")
+    if list(stack.shape) != list(transforms.get("shape", [])):
+        raise VemvizError(
+            f"the transforms were computed for shape {transforms.get('shape')}, "
+            f"not {list(stack.shape)}"
+        )
+    meshes = transforms.get("displacements") or [None] * stack.shape[0]
+    out = np.empty_like(stack)
+    for z in track(range(stack.shape[0]), "Warping sections"):
+        mesh = None if meshes[z] is None else np.asarray(meshes[z], dtype=np.float64)
+        maps = _sample_maps(np.asarray(transforms["matrices"][z]), mesh, stack.shape[1:])
+        out[z] = _warp_section(stack[z], *maps, order)
+    return out
+
+
+# --------------------------------------------------------------------------------- public
+
+
+def _valid_mask(transforms: dict[str, Any] | None, z: int, shape: tuple[int, int]) -> np.ndarray:
+    """Output pixels of section z that sample inside the section (all of them if untransformed)."""
+    if transforms is None:
+        return np.ones(shape, bool)
+    mesh = transforms["displacements"][z] if transforms["displacements"] else None
+    mesh = None if mesh is None else np.asarray(mesh)
+    map_x, map_y = _sample_maps(np.asarray(transforms["matrices"][z]), mesh, shape)
+    return (map_x >= 0) & (map_x <= shape[1] - 1) & (map_y >= 0) & (map_y <= shape[0] - 1)
+
+
+def _consecutive_ncc(
+    stack: np.ndarray, transforms: dict[str, Any] | None, bad: list[int]
+) -> list[float | None]:
+    """NCC of section z with z-1 over pixels valid in both; None next to a bad section."""
+    values: list[float | None] = [None]
+    previous = _valid_mask(transforms, 0, stack.shape[1:])
+    for z in range(1, stack.shape[0]):
+        valid = _valid_mask(transforms, z, stack.shape[1:])
+        mask = valid & previous
+        previous = valid
+        if z in bad or z - 1 in bad or mask.sum() < 16:
+            values.append(None)
+        else:
+            values.append(ncc(stack[z][mask], stack[z - 1][mask]))
+    return values
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def align_stack(
+    stack: np.ndarray,
+    mode: str = "rigid",
+    skip: Sequence[int] = (),
+    neighbours: int = 2,
+    detrend: bool = False,
+    mesh_spacing: int = 32,
+    stiffness: float = 1.0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Align the sections of ``stack`` (z, y, x); returns (aligned stack, report).
+
+    ``mode``: ``rigid`` (rotation + translation), ``affine``, or ``elastic`` (affine plus a
+    smooth per-section displacement mesh). ``skip``: section indices to treat as damaged.
+    ``neighbours``: how many previous good sections each section is registered to.
+    The report holds ``transforms`` (``mode``, ``shape``, ``matrices``: per section a 2x3
+    matrix mapping output (x, y) pixels to that section's pixels, ``displacements``: None or
+    per section a (rows, cols, 2) mesh of (dx, dy) pixels; the input of `apply_transforms`),
+    ``bad_sections`` (bridged), ``pairs`` (z, ref, ncc of each registration), ``sections``
+    (per z: status, ``ncc_prev_before``/``after`` with section z-1) and the mean NCCs.
+    """
+    if mode not in MODES:
+        raise VemvizError(f"unknown alignment mode {mode!r}; choose rigid, affine or elastic")
+    if stack.ndim != 3:
+        raise VemvizError(f"alignment needs a (z, y, x) stack, got {stack.ndim} dimensions")
+    n = stack.shape[0]
+    if any(not 0 <= z < n for z in skip):
+        raise VemvizError(f"skip lists sections outside 0..{n - 1}: {sorted(skip)}")
+    if neighbours < 1:
+        raise VemvizError("each section needs at least one neighbour to align to")
+    bad = _bad_sections(stack, skip)
+    good = [z for z in range(n) if z not in bad]
+    if len(good) < 2:
+        raise VemvizError("fewer than two usable (non-blank, non-skipped) sections to align")
+    rigid = mode == "rigid"
+    motion = cv2.MOTION_EUCLIDEAN if rigid else cv2.MOTION_AFFINE
+    norm = _normaliser(stack.shape[1:])
+    pairs = _reference_pairs(good, neighbours)
+    warps, nccs = {}, {}
+    for z, k in track(pairs, "Registering sections"):
+        warp, nccs[(z, k)] = _register(stack[z], stack[k], motion)
+        warps[(z, k)] = (norm @ _as3(warp) @ np.linalg.inv(norm))[:2]
+    weights = {pair: max(ncc, _MIN_WEIGHT) for pair, ncc in nccs.items()}
+    solved = _center_gauge(_solve_transforms(good, pairs, warps, weights, rigid), rigid)
+    if detrend:
+        solved = _detrend(solved)
+    matrices = [_to_pixels(m, norm) for m in _fill_bad(solved, n, rigid)]
+    transforms: dict[str, Any] = {
+        "mode": mode,
+        "shape": list(stack.shape),
+        "matrices": [m.tolist() for m in matrices],
+        "displacements": None,
+    }
+    if mode == "elastic":
+        affine = apply_transforms(stack, transforms, order=1)
+        meshes = _elastic_meshes(affine, good, pairs, mesh_spacing, stiffness)
+        transforms["displacements"] = [
+            meshes[z].tolist() if z in meshes else None for z in range(n)
+        ]
+    aligned = apply_transforms(stack, transforms, order=1)
+    before = _consecutive_ncc(stack, None, bad)
+    after = _consecutive_ncc(aligned, transforms, bad)
+    report = {
+        "mode": mode,
+        "neighbours": neighbours,
+        "detrend": detrend,
+        "bad_sections": bad,
+        "pairs": [{"z": z, "ref": k, "ncc": nccs[(z, k)]} for z, k in pairs],
+        "sections": [
+            {
+                "z": z,
+                "status": "bridged" if z in bad else "aligned",
+                "ncc_prev_before": before[z],
+                "ncc_prev_after": after[z],
+            }
+            for z in range(n)
+        ],
+        "mean_ncc_before": _mean(before),
+        "mean_ncc_after": _mean(after),
+        "transforms": transforms,
+    }
+    return aligned, report
