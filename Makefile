@@ -6,7 +6,7 @@ BVENV := .venv-blender
 DEMO_OUT ?= demo-out
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test lint addon clean
+.PHONY: venv demo test lint addon clean test-tools
 
 # torch first: `pip install torch==2.13.0` takes the local CPU build on our machines; installed
 # afterwards as a dependency, pip would pull a multi-GB CUDA build.
@@ -29,7 +29,13 @@ demo: venv
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-test: venv lint
+# The Khronos glTF validator (npm) for the GLB checks; tests skip with a reason without it.
+tests/.node/node_modules/gltf-validator:
+	-npm install --silent --prefix tests/.node --no-audit --no-fund gltf-validator@2.0.0-dev.3.10
+
+test-tools: tests/.node/node_modules/gltf-validator
+
+test: venv lint test-tools
 	$(VENV)/bin/pytest -q -rs
 
 addon: $(VENV)/.installed
