@@ -1,0 +1,119 @@
+"""Optical-flow interpolation between two EM slices, shared by `restore` and `iso`.
+
+Adjacent sections of a volume show the same structures slightly moved and deformed, so a slice
+that lies between two known slices ``a`` (position 0) and ``b`` (position 1) is estimated better
+by following that motion than by cross-fading the two images:
+
+1. `pair_flows` computes dense optical flow both ways, ``a -> b`` and ``b -> a``, with
+   Farneback's polynomial-expansion method (OpenCV) on 8-bit copies of the two slices scaled to
+   their common intensity range. Farneback with a large window (41 px) was chosen by measurement:
+   on FlyEM (10 nm FIB-SEM, every 4th slice kept) it gave 28.99 dB against 28.63-28.75 dB for
+   DIS (medium/fast presets) and 28.70 dB for Farneback with the 15 px default window.
+2. `interpolate_frame` warps both slices toward the fractional position ``t`` (backward warping:
+   the pixel at ``x`` of the new slice is read from ``a`` at ``x + t * flow_ba(x)`` and from ``b``
+   at ``x + (1 - t) * flow_ab(x)``) and blends them, weighting each by its distance
+   (``1 - t`` and ``t``) times a forward-backward consistency confidence: where a flow followed
+   forward and then back does not return to its start (occlusion, a structure that appears or
+   ends between the sections), that side's warp is trusted less and the other side dominates.
+   Where both sides are inconsistent the blend falls back to the distance weights. Farneback
+   flows are smooth and rarely disagree: on FlyEM, and on a synthetic disc moving over texture,
+   this weighting changed PSNR by under 0.02 dB against plain distance weights.
+
+All functions take and return 2D arrays; `to_dtype` converts float results back to the input
+dtype (rounded and clipped for integer types).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Farneback parameters (pyramid scale, levels, window, iterations, poly_n, poly_sigma, flags).
+_FARNEBACK = (0.5, 3, 41, 3, 5, 1.1, 0)
+# Forward-backward consistency: an error of this many pixels lowers a side's confidence to 1/e.
+_CONSISTENCY_PX = 2.0
+# Confidence floor, so that a pixel inconsistent on both sides keeps the distance weights.
+_CONFIDENCE_FLOOR = 1e-2
+
+
+def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Return float ``values`` as ``dtype``: rounded and clipped to its range for integers."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def _to_uint8_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale two slices to uint8 with one shared intensity range (0.5-99.5 percentiles)."""
+    both = np.stack([a, b]).astype(np.float32)
+    lo, hi = np.percentile(both, [0.5, 99.5])
+    scale = 255.0 / max(float(hi - lo), 1e-6)
+    scaled = np.clip((both - lo) * scale, 0, 255).astype(np.uint8)
+    return scaled[0], scaled[1]
+
+
+def dense_flow(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Flow (H, W, 2) float32, (dx, dy) per pixel, such that ``src(x) ~ dst(x + flow(x))``.
+
+    Both inputs must already be uint8 (see `pair_flows`).
+    """
+    return cv2.calcOpticalFlowFarneback(src, dst, None, *_FARNEBACK)
+
+
+def warp(image: np.ndarray, flow: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Sample ``image`` (float32 result) at ``x + scale * flow(x)``, bilinear, edges reflected."""
+    height, width = image.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+    map_x = grid_x + np.float32(scale) * flow[..., 0]
+    map_y = grid_y + np.float32(scale) * flow[..., 1]
+    return cv2.remap(
+        image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )
+
+
+def consistency_error(flow: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """Per-pixel length of ``flow(x) + back(x + flow(x))``: 0 where the flows agree."""
+    returned = np.dstack([warp(back[..., 0], flow), warp(back[..., 1], flow)])
+    return np.linalg.norm(flow + returned, axis=2)
+
+
+def _confidence(error: np.ndarray) -> np.ndarray:
+    return np.exp(-((error / _CONSISTENCY_PX) ** 2)) + _CONFIDENCE_FLOOR
+
+
+@dataclass(frozen=True)
+class PairFlow:
+    """Flows between slices ``a`` and ``b`` and the confidence of each direction per pixel."""
+
+    a_to_b: np.ndarray
+    b_to_a: np.ndarray
+    confidence_a: np.ndarray  # trust in samples taken from ``a`` (consistency of b_to_a)
+    confidence_b: np.ndarray  # trust in samples taken from ``b`` (consistency of a_to_b)
+
+
+def pair_flows(a: np.ndarray, b: np.ndarray) -> PairFlow:
+    """Forward and backward dense flow between two slices of any dtype, with confidences."""
+    a8, b8 = _to_uint8_pair(a, b)
+    a_to_b, b_to_a = dense_flow(a8, b8), dense_flow(b8, a8)
+    return PairFlow(
+        a_to_b,
+        b_to_a,
+        _confidence(consistency_error(b_to_a, a_to_b)),
+        _confidence(consistency_error(a_to_b, b_to_a)),
+    )
+
+
+def interpolate_frame(a: np.ndarray, b: np.ndarray, t: float, flows: PairFlow) -> np.ndarray:
+    """Slice at fractional position ``t`` (0 = ``a``, 1 = ``b``) as float32.
+
+    ``flows`` is ``pair_flows(a, b)``; compute it once per pair and reuse it for every ``t``.
+    """
+    from_a = warp(a, flows.b_to_a, t)
+    from_b = warp(b, flows.a_to_b, 1.0 - t)
+    weight_a = (1.0 - t) * flows.confidence_a
+    weight_b = t * flows.confidence_b
+    return (weight_a * from_a + weight_b * from_b) / (weight_a + weight_b)
