@@ -50,7 +50,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from vemviz.errors import VemvizError
-from vemviz.flow import dense_flow, to_dtype
+from vemviz.flow import dense_flow, to_dtype, to_uint8_pair
 from vemviz.progress import track
 
 MODES = ("rigid", "affine", "elastic")
@@ -89,16 +89,6 @@ def _to_rigid(matrix: np.ndarray) -> np.ndarray:
     out = matrix.copy()
     out[:, :2] = np.array([[p, -q], [q, p]]) / scale
     return out
-
-
-def to_uint8_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale two images to uint8 with one shared intensity range (0.5-99.5 percentiles)."""
-    lo, hi = np.percentile(np.concatenate([a.ravel(), b.ravel()]), [0.5, 99.5])
-    scale = 255.0 / max(float(hi - lo), 1e-12)
-    return tuple(  # type: ignore[return-value]
-        np.clip((image.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
-        for image in (a, b)
-    )
 
 
 def _standardise(image: np.ndarray) -> np.ndarray:

@@ -47,13 +47,14 @@ def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def _to_uint8_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale two slices to uint8 with one shared intensity range (0.5-99.5 percentiles)."""
-    both = np.stack([a, b]).astype(np.float32)
-    lo, hi = np.percentile(both, [0.5, 99.5])
+def to_uint8_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale two images to uint8 with one shared intensity range (0.5-99.5 percentiles)."""
+    lo, hi = np.percentile(np.concatenate([a.ravel(), b.ravel()]), [0.5, 99.5])
     scale = 255.0 / max(float(hi - lo), 1e-6)
-    scaled = np.clip((both - lo) * scale, 0, 255).astype(np.uint8)
-    return scaled[0], scaled[1]
+    return tuple(  # type: ignore[return-value]
+        np.clip((image.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
+        for image in (a, b)
+    )
 
 
 def dense_flow(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -97,7 +98,7 @@ class PairFlow:
 
 def pair_flows(a: np.ndarray, b: np.ndarray) -> PairFlow:
     """Forward and backward dense flow between two slices of any dtype, with confidences."""
-    a8, b8 = _to_uint8_pair(a, b)
+    a8, b8 = to_uint8_pair(a, b)
     a_to_b, b_to_a = dense_flow(a8, b8), dense_flow(b8, a8)
     return PairFlow(
         a_to_b,

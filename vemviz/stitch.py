@@ -46,9 +46,9 @@ import cv2
 import numpy as np
 import tifffile
 
-from vemviz.align import ncc, to_uint8_pair
+from vemviz.align import ncc
 from vemviz.errors import VemvizError
-from vemviz.flow import to_dtype
+from vemviz.flow import to_dtype, to_uint8_pair
 from vemviz.progress import track
 
 Tile = tuple[int, int]
