@@ -229,7 +229,7 @@ def test_find_blender_order_and_errors(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("VEMVIZ_BLENDER")
     monkeypatch.setattr(vrender, "REPO", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(VemvizError, match="make .venv-blender"):
+    with pytest.raises(VemvizError, match="make venv"):
         vrender.find_blender()
 
 

@@ -145,7 +145,7 @@ def mesh_labels(
             name = f"{class_name} {label}"
             gltf = _gltf_mesh(mesh, color, opacity)
             file = f"label_{label:05d}.glb"
-            gltf.export(temp / file, file_type="glb")
+            gltf.export(temp / file, file_type="glb", include_normals=True)
             ply = None
             if write_ply:
                 ply = f"label_{label:05d}.ply"
@@ -164,7 +164,7 @@ def mesh_labels(
             raise VemvizError(
                 f"every label is smaller than {options.min_voxels} voxels: nothing to mesh"
             )
-        scene.export(temp / "scene.glb", file_type="glb")
+        scene.export(temp / "scene.glb", file_type="glb", include_normals=True)
         extent = [
             (s - 1) * v / scale
             for s, v in zip(labels.shape[::-1], voxel_size_nm[::-1], strict=True)

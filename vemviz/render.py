@@ -3,7 +3,7 @@
 Blender has its own Python (with numpy 1.x), so vemviz never imports bpy: `render_meshes` runs
 ``scripts/render_blender.py`` in a subprocess, either through a ``blender`` executable
 (``blender -b -P script -- ARGS``) or through a Python interpreter that has the ``bpy`` wheel
-(``python script -- ARGS``, the ``.venv-blender`` environment that ``make .venv-blender``
+(``python script -- ARGS``, the ``.venv-blender`` environment that ``make venv``
 creates). `find_blender` picks one; the mesh folder is checked before Blender starts, and the
 PNG is checked (exists, not one flat colour) after it ends.
 """
@@ -66,7 +66,7 @@ def find_blender(explicit: str | None = None) -> list[str]:
     if on_path:
         return _command_prefix(on_path)
     raise VemvizError(
-        "No Blender found: run `make .venv-blender` (installs the bpy wheel) or pass "
+        "No Blender found: run `make venv` (installs the bpy wheel) or pass "
         "--blender PATH (a blender executable or a Python with bpy)."
     )
 
