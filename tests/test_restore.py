@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from vemviz.errors import VemvizError
+from vemviz.metrics import psnr
 from vemviz.restore import detect_damaged_slices, fill_slices, parse_slice_list
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -21,11 +22,6 @@ def _read(path: Path) -> np.ndarray:
     if not path.exists():
         pytest.skip(f"real data not found at {path}")
     return tifffile.imread(path)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
 
 
 def test_parse_slice_list() -> None:
@@ -124,7 +120,7 @@ def test_flow_fill_beats_linear_on_flyem() -> None:
         for method in ("linear", "flow"):
             out = fill_slices(stack, bad, method=method)
             np.testing.assert_array_equal(np.delete(out, bad, 0), np.delete(stack, bad, 0))
-            scores[method, run] = _psnr(out[bad], stack[bad])
+            scores[method, run] = psnr(out[bad], stack[bad])
     # Measured: single slice linear 30.69, flow 31.06 dB; runs of three 28.12 and 29.01 dB.
     # Reference (shared/data/README.md): about 30.9 dB for a single slice, linear.
     assert 30.4 < scores["linear", 1] < 31.2

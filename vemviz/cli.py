@@ -18,12 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vemviz import __version__, stages
 from vemviz.errors import Cancelled, VemvizError
 from vemviz.io import format_of, read_volume, write_volume
-from vemviz.io.atomic import atomic_path
+from vemviz.io.atomic import write_json
 from vemviz.progress import status
 from vemviz.volume import parse_voxel_size
 
@@ -54,18 +52,8 @@ def _resolution(text: str) -> tuple[int, int]:
 
 
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
-    if path is None:
-        return
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(report, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    if path is not None:
+        write_json(path, report)
 
 
 def _read(args: argparse.Namespace, attribute: str = "input"):

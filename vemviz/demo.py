@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vemviz.io import read_volume, write_volume
-from vemviz.io.atomic import atomic_path
+from vemviz.io.atomic import atomic_path, write_json
 from vemviz.metrics import iou, psnr, ssim_slices
 from vemviz.phantom import Phantom, make_phantom
 from vemviz.pipeline import StageRecord, run_pipeline
@@ -153,8 +153,7 @@ def run_demo(
         ],  # fmt: skip
         "total_seconds": round(sum(r.seconds for r in records), 2),
     }
-    with atomic_path(out_dir / "report.json") as temp:
-        temp.write_text(json.dumps(report, indent=2, default=str))
+    write_json(out_dir / "report.json", report)
     table = Table(title=f"vemviz demo -> {out_dir}")
     for column in ("stage", "seconds", "key figure"):
         table.add_column(column)

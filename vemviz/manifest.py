@@ -12,17 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from vemviz.errors import VemvizError
-from vemviz.io.atomic import atomic_path
+from vemviz.io.atomic import write_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    path = Path(folder) / MANIFEST
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(manifest, indent=2))
-    return path
+    return write_json(Path(folder) / MANIFEST, manifest)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import numpy as np
 from vemviz import __version__, stages
 from vemviz.errors import VemvizError
 from vemviz.io import read_volume, write_volume
-from vemviz.io.atomic import atomic_path
+from vemviz.io.atomic import write_json
 from vemviz.progress import status
 from vemviz.segment import read_prompts
 from vemviz.volume import Volume
@@ -213,8 +213,7 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
             record = {**expected, "output": str(output), "output_hash": output_hash,
                       "seconds": round(time.perf_counter() - started, 3), "report": report,
                       "metadata": meta}  # fmt: skip
-            with atomic_path(record_path) as temp:
-                temp.write_text(json.dumps(record, indent=2, default=_json_default))
+            write_json(record_path, record)
         if name == "segment":
             labels = current
         elif name in VOLUME_STAGES:
@@ -225,13 +224,3 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
         seconds = time.perf_counter() - started
         records.append(StageRecord(name, output, seconds, previous is not None, report))
     return records
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -8,12 +8,16 @@ folders) are swapped with two renames, so a reader sees the old or the new folde
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -56,3 +60,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if target.is_dir():
             _remove(target)
         os.replace(temp, target)
+
+
+def _json_value(value: Any) -> Any:
+    """JSON form of the numpy scalars, arrays and paths that reports and records contain."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically; numpy values become plain numbers/lists."""
+    with atomic_path(path) as temp:
+        temp.write_text(json.dumps(data, indent=2, default=_json_value))
+    return Path(path)
