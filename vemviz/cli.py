@@ -180,6 +180,40 @@ def cmd_run(args: argparse.Namespace) -> None:
         status(f"{r.stage:13s} {state:>9s}  {r.output}")
 
 
+def cmd_plan_reimage(args: argparse.Namespace) -> None:
+    volume = _read(args)
+    options = dict(scale=args.scale, budget=args.budget, tile=args.tile, margin=args.margin,
+                   sr_method=args.sr_method, target=args.target, dwell_ns=args.dwell_ns,
+                   tile_overhead_s=args.tile_overhead_s)  # fmt: skip
+    if args.simulate:
+        plan, merged, report = stages.simulate_reimage(volume, **options)
+        if args.merged_out is not None:
+            write_volume(merged, args.merged_out)
+        _write_report(args.report, report)
+        status(f"simulated: SR {report['sr_psnr']:.2f} dB -> merged {report['merged_psnr']:.2f} dB")
+    else:
+        plan, sr_volume = stages.plan_reimage(volume, **options)
+        if args.sr_out is not None:
+            write_volume(sr_volume, args.sr_out)
+            plan["sr_volume"] = str(Path(args.sr_out).resolve())
+        _write_report(args.report, plan["time"])
+    write_json(args.out, plan)
+    status(f"wrote {args.out}: {len(plan['tiles'])} of {plan['tiles_total']} tiles to re-image, "
+           f"{100 * plan['time']['time_saved']:.1f} % imaging time saved")  # fmt: skip
+
+
+def cmd_merge_reimage(args: argparse.Namespace) -> None:
+    plan = stages.read_reimage_plan(args.plan)
+    sr_path = plan.get("sr_volume")
+    if sr_path and Path(sr_path).exists():
+        sr_volume = read_volume(sr_path)
+    else:
+        sr_volume = stages.sr(_read(args), scale=plan["scale"], method=plan["sr_method"])[0]
+    tiles = stages.read_reimaged_tiles(args.tiles_dir, plan)
+    merged, report = stages.merge_reimage(sr_volume, plan, tiles)
+    _finish(args, merged, report)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from vemviz.demo import run_demo
 
@@ -298,6 +332,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume", type=Path, metavar="IN", help="intensity volume for cut faces")
     _add_common(p, report=False)
     p.set_defaults(func=cmd_export_unity)
+
+    p = sub.add_parser("plan-reimage", help="plan which tiles of a low-resolution scan to re-image")
+    p.add_argument("input", type=Path, metavar="LOWRES")
+    p.add_argument("--out", type=Path, required=True, metavar="PLAN.json")
+    p.add_argument("--scale", type=int, default=4, help="lateral resolution factor (default 4)")
+    p.add_argument("--budget", type=float, default=0.1, help="fraction of tiles (default 0.1)")
+    p.add_argument("--tile", type=int, default=128, metavar="PX", help="tile size, full-res px")
+    p.add_argument("--margin", type=int, default=8, metavar="PX", help="extra px per tile side")
+    p.add_argument("--sr-method", choices=("bicubic", "learned"), default="bicubic")
+    p.add_argument("--target", choices=("mito", "cells"), help="segmentation that guides the plan")
+    p.add_argument("--dwell-ns", type=float, help="pixel dwell time, for times in seconds")
+    p.add_argument("--tile-overhead-s", type=float, default=0.0, help="seconds per tile")
+    p.add_argument("--sr-out", type=Path, metavar="OUT", help="save the super-resolved volume")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="LOWRES is a high-resolution volume: simulate scan, plan, re-imaging, merge",
+    )
+    p.add_argument("--merged-out", type=Path, metavar="OUT", help="with --simulate: merged volume")
+    _add_common(p)
+    p.set_defaults(func=cmd_plan_reimage)
+
+    p = sub.add_parser("merge-reimage", help="blend re-imaged tiles into the super-resolved volume")
+    p.add_argument("input", type=Path, metavar="LOWRES")
+    p.add_argument("tiles_dir", type=Path, metavar="HIGHRES_TILES_DIR")
+    p.add_argument("--plan", type=Path, required=True, metavar="PLAN.json")
+    p.add_argument("--out", type=Path, required=True)
+    _add_common(p)
+    p.set_defaults(func=cmd_merge_reimage)
 
     p = sub.add_parser("run", help="run a pipeline file (TOML), skipping unchanged stages")
     p.add_argument("pipeline", type=Path, metavar="PIPELINE.toml")

@@ -17,6 +17,7 @@ import numpy as np
 from vemviz import align as align_mod
 from vemviz import iso as iso_mod
 from vemviz import mesh as mesh_mod
+from vemviz import reimage as reimage_mod
 from vemviz import restore as restore_mod
 from vemviz import segment as segment_mod
 from vemviz import sr as sr_mod
@@ -106,6 +107,106 @@ def segment(
         report["objects_selected"] = int(labels.max())
     report["target"] = target
     return volume.with_data(labels, stage="segment", target=target), report
+
+
+def _segmenter(target: str | None, voxel_size_nm: tuple[float, float, float]):
+    """An array -> instance labels function for `reimage.assess`, or None without a target."""
+    if target is None:
+        return None
+    return lambda data: segment(Volume(data, voxel_size_nm), target=target)[0].numpy()
+
+
+def plan_reimage(
+    volume: Volume,
+    *,
+    scale: int = 4,
+    budget: float = 0.1,
+    tile: int = 128,
+    margin: int = 8,
+    sr_method: str = "bicubic",
+    target: str | None = None,
+    dwell_ns: float | None = None,
+    tile_overhead_s: float = 0.0,
+) -> tuple[dict[str, Any], Volume]:
+    """The re-imaging plan for a low-resolution scan, and its super-resolved volume."""
+    voxel = volume.require_voxel_size("re-imaging plans (tile positions are in nm)")
+    hr_voxel = sr_mod.sr_voxel_size(voxel, scale)
+    assessment = reimage_mod.assess(
+        volume.numpy(), voxel, scale=scale, tile=tile, sr_method=sr_method,
+        segmenter=_segmenter(target, hr_voxel),
+    )  # fmt: skip
+    plan = reimage_mod.make_plan(
+        assessment, budget=budget, margin=margin, dwell_ns=dwell_ns,
+        tile_overhead_s=tile_overhead_s,
+    )  # fmt: skip
+    plan["target"] = target
+    return plan, volume.with_data(assessment.sr, hr_voxel, stage="sr")
+
+
+def simulate_reimage(volume: Volume, **options: Any) -> tuple[dict[str, Any], Volume, Report]:
+    """The re-imaging loop on a high-resolution ``volume`` taken as the truth.
+
+    The low-resolution scan is its area downsampling; the re-imaged tiles are cut from it with
+    a 2-pixel stage error. Returns the plan, the merged volume and the quality report.
+    """
+    from vemviz.metrics import psnr, ssim_slices
+
+    voxel = volume.require_voxel_size("re-imaging plans (tile positions are in nm)")
+    truth = volume.numpy()
+    scale = int(options.get("scale", 4))
+    low = reimage_mod.area_downsample(truth, scale)
+    plan, sr_volume = plan_reimage(Volume(low, (voxel[0], voxel[1] * scale, voxel[2] * scale)),
+                                   **options)  # fmt: skip
+    tiles = reimage_mod.truth_tiles(truth, plan, stage_error_px=2.0)
+    merged, report = merge_reimage(sr_volume, plan, tiles)
+    ref = truth[:, : merged.shape[1], : merged.shape[2]]
+    report.update(
+        sr_psnr=psnr(ref, sr_volume.numpy()), merged_psnr=psnr(ref, merged.numpy()),
+        sr_ssim=ssim_slices(ref, sr_volume.numpy()), merged_ssim=ssim_slices(ref, merged.numpy()),
+        time=plan["time"], tiles=len(plan["tiles"]), tiles_total=plan["tiles_total"],
+    )  # fmt: skip
+    return plan, merged.with_data(merged.numpy(), voxel), report
+
+
+def read_reimage_plan(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        plan = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise VemvizError(f"plan not found: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise VemvizError(f"{path} is not a re-imaging plan (invalid JSON: {exc})") from exc
+    if plan.get("version") != reimage_mod.PLAN_VERSION or "tiles" not in plan:
+        raise VemvizError(f"{path} is not a version-{reimage_mod.PLAN_VERSION} re-imaging plan")
+    return plan
+
+
+def read_reimaged_tiles(tiles_dir: Path, plan: dict[str, Any]) -> list[np.ndarray]:
+    """The plan's tiles from ``tiles_dir`` (``tile_00000.tif`` ...; .png accepted too)."""
+    from vemviz.io import read_volume
+
+    tiles = []
+    for entry in plan["tiles"]:
+        path = Path(tiles_dir) / entry["file"]
+        if not path.exists() and path.with_suffix(".png").exists():
+            path = path.with_suffix(".png")
+        if not path.exists():
+            raise VemvizError(f"re-imaged tile {entry['file']} (rank {entry['rank']}) is missing "
+                              f"from {tiles_dir}")  # fmt: skip
+        data = read_volume(path).numpy()
+        if data.shape[0] != 1:
+            raise VemvizError(f"{path} holds {data.shape[0]} slices; a tile is one 2D image")
+        tiles.append(data[0])
+    return tiles
+
+
+def merge_reimage(
+    sr_volume: Volume, plan: dict[str, Any], tiles: list[np.ndarray]
+) -> tuple[Volume, Report]:
+    """Register and blend re-imaged tiles into the super-resolved volume of the plan."""
+    merged, report = reimage_mod.merge_tiles(sr_volume.numpy(), plan, tiles)
+    return sr_volume.with_data(merged, stage="merge-reimage"), report
 
 
 CLASS_OF_TARGET = {"mito": "mitochondrion", "cells": "cell"}
