@@ -85,7 +85,7 @@ def test_failed_pair_is_placed_from_its_other_neighbours(source: np.ndarray) -> 
     tiles[(1, 2)][:, :80] = 128  # no texture where 1_2 overlaps 1_1
     _, report = stitch_tiles(tiles, overlap_hint=(TILE - STEP) / TILE)
     assert report["unmatched_pairs"] == ["1_1-1_2"]
-    assert report["placed_by_grid_prior"] == []
+    assert report["placed_by_prior"] == []
     assert max(_position_errors(report, origins)) < 1.0
 
 
