@@ -21,16 +21,21 @@ prior boxes share an edge-long overlap (at least half a tile side) are a neighbo
    its neighbours' poses plus the prior offsets, and is named in the report's ``warnings``. If
    no pair matches at all the tiles do not overlap and stitching stops with an error.
 3. Local elastic correction. Real tiles are distorted (lens, charging, section deformation),
-   so a rigid pose cannot make both sides of an overlap agree everywhere. For each kept pair
-   both tiles are rendered rigidly into their common box and dense optical flow (Farneback,
-   `vemviz.flow.dense_flow`, both ways) measures the remaining misfit ``f(q)``; samples whose
-   forward and backward flows disagree by more than a pixel are dropped. Each tile carries a
+   so a rigid pose cannot make both sides of an overlap agree everywhere. Each tile carries a
    displacement mesh ``V_t`` (panorama pixels, nodes every ``mesh_spacing`` tile pixels,
-   bilinear between nodes). One sparse least-squares system over all meshes asks
-   ``V_b(q) - V_a(q) = f(q)`` at every overlap sample, plus a membrane term (neighbouring nodes
-   of a tile alike, weight ``smoothness``) and a tiny pull to zero for the gauge. The misfit is
-   therefore split between both tiles and spread smoothly into their interiors instead of
-   being forced into a seam.
+   bilinear between nodes) and one sparse least-squares system over all meshes asks
+   ``V_b(q) - V_a(q) = f(q)`` wherever the misfit ``f`` between tiles a and b is measured at a
+   panorama point q, plus a bending term (second differences of neighbouring nodes vanish,
+   weight ``smoothness``) and a tiny pull to zero for the gauge. The misfit is thereby split
+   between both tiles and spread smoothly into their interiors instead of being forced into a
+   seam, and where an overlap has no measurement the meshes continue the trend of their
+   neighbourhood. The misfit is measured coarse to fine: first by all feature matches of the
+   pair within ``search_px`` of its rigid estimate (they find shifts of many pixels, also in
+   thin overlaps), then, ``iterations`` times, by dense optical flow (Farneback,
+   `vemviz.flow.dense_flow`, both ways) between the two tiles rendered with the current
+   meshes; flow samples whose forward and backward flows disagree by more than a pixel are
+   dropped. Each solve is repeated twice without the samples whose residual exceeds three
+   times the median (a match on the wrong structure).
 4. Blending. Every tile is resampled (bilinear) at ``pose^-1(q) + R^T V_t`` and overlaps are
    feathered: each tile pixel is weighted by its distance to the tile border, so seams fade
    over the whole overlap. Pixels covered by no tile are 0. The output keeps the tiles' dtype.
@@ -45,7 +50,7 @@ import csv
 import math
 import re
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import tifffile
+from scipy.ndimage import map_coordinates
 
 from vemviz.align import ncc
 from vemviz.errors import VemvizError
@@ -70,6 +76,8 @@ _MAX_SCALE_ERROR = 0.03
 _MIN_OVERLAP_PIXELS = 64
 _FLOW_CONSISTENCY_PX = 1.0
 _FLOW_BORDER_PX = 8
+_OUTLIER_FACTOR = 3.0
+_OUTLIER_MIN_PX = 1.0
 _MESH_GAUGE_WEIGHT = 1e-4
 
 
@@ -307,13 +315,42 @@ def _tile_maps(
     return px.astype(np.float32), py.astype(np.float32)
 
 
+def tile_to_panorama(
+    points: np.ndarray, matrix: np.ndarray, mesh: np.ndarray | None, shape: tuple[int, int]
+) -> np.ndarray:
+    """Panorama (x, y) of tile pixels ``points`` (N, 2), given a tile's report entry.
+
+    Inverts the rendering map ``p = pose^-1(q) + R^T V(pose^-1(q))`` by fixed-point
+    iteration (the mesh is smooth and small, so three steps reach far below 0.01 px).
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    q = _apply(matrix, points)
+    if mesh is None:
+        return q
+    mesh = np.asarray(mesh, dtype=np.float64)
+    inv = cv2.invertAffineTransform(matrix)
+    for _ in range(4):
+        m = _apply(inv, q)
+        nx, ny = _node_coords(m[:, 0], m[:, 1], shape, mesh.shape[:2])
+        v = np.column_stack(
+            [map_coordinates(mesh[..., c], [ny, nx], order=1, mode="nearest") for c in (0, 1)]
+        )
+        sampled = m + v @ inv[:, :2].T
+        q = q - (sampled - points) @ matrix[:, :2].T
+    return q
+
+
 def _sample(
-    image: np.ndarray, maps: tuple[np.ndarray, np.ndarray]
+    image: np.ndarray, maps: tuple[np.ndarray, np.ndarray], cubic: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear samples (float32) at ``maps`` and the mask of samples inside the image."""
+    """Bilinear (or bicubic) samples (float32) at ``maps`` and the mask of samples inside."""
     h, w = image.shape
     map_x, map_y = maps
-    values = cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR)
+    order = cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR
+    values = cv2.remap(
+        image.astype(np.float32), map_x, map_y, order, borderMode=cv2.BORDER_REPLICATE
+    )
     valid = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
     return values, valid
 
@@ -356,6 +393,8 @@ class _Pair:
     angle: float = 0.0
     pts_a: np.ndarray | None = None
     pts_b: np.ndarray | None = None
+    loose_a: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    loose_b: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     @property
     def name(self) -> str:
@@ -422,13 +461,20 @@ def _phase_pair(
 
 
 def _register_pair(
-    image_a: np.ndarray, image_b: np.ndarray, pair: _Pair, min_inliers: int, min_ncc: float
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    pair: _Pair,
+    min_inliers: int,
+    min_ncc: float,
+    loose_px: float,
 ) -> _Pair:
+    """Rigid b -> a estimate of one pair, plus its loose matches (within ``loose_px`` of it)."""
     strip_a, strip_b = _crop(image_a, pair.window_a), _crop(image_b, pair.window_b)
     origin_a = np.array(pair.window_a[:2], dtype=np.float64)
     origin_b = np.array(pair.window_b[:2], dtype=np.float64)
     matches, pts_a, pts_b, inliers = _sift_pair(strip_a, strip_b, origin_a, origin_b)
     pair.matches = matches
+    all_a, all_b = pts_a, pts_b
     if inliers is not None and inliers.sum() >= min_inliers:
         pair.method, pair.inliers = "sift", int(inliers.sum())
         pts_a, pts_b = pts_a[inliers], pts_b[inliers]
@@ -444,6 +490,8 @@ def _register_pair(
     pair.weight = float(max(pair.inliers, min_inliers))
     pair.angle = math.atan2(b_to_a[1, 0], b_to_a[0, 0])
     pair.pts_a, pair.pts_b = pts_a, pts_b
+    near = np.linalg.norm(_apply(b_to_a, all_b) - all_a, axis=1) < loose_px
+    pair.loose_a, pair.loose_b = all_a[near], all_b[near]
     return pair
 
 
@@ -546,17 +594,25 @@ def _residual(pair: _Pair, poses: dict[Tile, np.ndarray]) -> float:
 
 
 def _overlap_flow(
-    image_a: np.ndarray, image_b: np.ndarray, pose_a: np.ndarray, pose_b: np.ndarray, step: int
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    pose_a: np.ndarray,
+    pose_b: np.ndarray,
+    mesh_a: np.ndarray | None,
+    mesh_b: np.ndarray | None,
+    step: int,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Reliable samples of the rigid misfit in the overlap: points q (N, 2) and flow f (N, 2).
+    """Reliable samples of the misfit left in an overlap: points q (N, 2) and flow f (N, 2).
 
-    ``f(q)`` is such that tile a at panorama point q shows what tile b shows at ``q + f``.
+    ``f(q)`` is such that tile a, as rendered now, shows at panorama point q what tile b
+    shows at ``q + f``. Samples whose forward and backward flows disagree, or that lie within
+    ``_FLOW_BORDER_PX`` of the edge of the common area, are dropped.
     """
     box = _common_box(pose_a, pose_b, image_a.shape)
     if box is None:
         return None
-    a, valid_a = _sample(image_a, _tile_maps(pose_a, None, image_a.shape, box))
-    b, valid_b = _sample(image_b, _tile_maps(pose_b, None, image_b.shape, box))
+    a, valid_a = _sample(image_a, _tile_maps(pose_a, mesh_a, image_a.shape, box))
+    b, valid_b = _sample(image_b, _tile_maps(pose_b, mesh_b, image_b.shape, box))
     valid = valid_a & valid_b
     if valid.sum() < _MIN_OVERLAP_PIXELS:
         return None
@@ -573,6 +629,12 @@ def _overlap_flow(
         return None
     points = np.column_stack([xs + box[0], ys + box[1]]).astype(np.float64)
     return points, forward[ys, xs].astype(np.float64)
+
+
+def _feature_flow(pair: _Pair, poses: dict[Tile, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The pair's loose feature matches as misfit samples: q = pose_a(p_a), f = pose_b(p_b) - q."""
+    q = _apply(poses[pair.a], pair.loose_a)
+    return q, _apply(poses[pair.b], pair.loose_b) - q
 
 
 def _bilinear_rows(
@@ -592,15 +654,67 @@ def _bilinear_rows(
     return index, weights
 
 
-def _membrane(nodes: tuple[int, int]) -> list[tuple[int, int]]:
-    """Neighbouring node index pairs of one mesh (horizontal and vertical edges)."""
+def _regulariser(
+    nodes: tuple[int, int], n_tiles: int, smoothness: float
+) -> scipy.sparse.csr_matrix:
+    """Bending rows (second differences of neighbouring nodes of a tile vanish) and a tiny
+    pull of every node to 0 (the gauge)."""
     gh, gw = nodes
     ids = np.arange(gh * gw).reshape(gh, gw)
-    edges = np.concatenate(
-        [np.column_stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()]),
-         np.column_stack([ids[:-1].ravel(), ids[1:].ravel()])]
+    triples = np.concatenate(
+        [np.column_stack([ids[:, :-2].ravel(), ids[:, 1:-1].ravel(), ids[:, 2:].ravel()]),
+         np.column_stack([ids[:-2].ravel(), ids[1:-1].ravel(), ids[2:].ravel()])]
     )  # fmt: skip
-    return [tuple(e) for e in edges]
+    per_tile = gh * gw
+    triples = np.concatenate([triples + t * per_tile for t in range(n_tiles)])
+    n, total = len(triples), per_tile * n_tiles
+    root = math.sqrt(smoothness)
+    bending = scipy.sparse.csr_matrix(
+        (np.tile([root, -2 * root, root], n), (np.repeat(np.arange(n), 3), triples.ravel())),
+        shape=(n, total),
+    )
+    gauge = math.sqrt(_MESH_GAUGE_WEIGHT) * scipy.sparse.eye(total, format="csr")
+    return scipy.sparse.vstack([bending, gauge]).tocsr()
+
+
+def _robust_solve(
+    data: scipy.sparse.csr_matrix, target: np.ndarray, regulariser: scipy.sparse.csr_matrix
+) -> np.ndarray:
+    """Least squares of ``data x = target`` plus the regulariser, refitted without outliers.
+
+    A feature or flow sample that locked onto the wrong structure disagrees with the smooth
+    solution its neighbours agree on; samples whose residual exceeds ``_OUTLIER_FACTOR``
+    times the median residual (and ``_OUTLIER_MIN_PX``) are dropped and the system is solved
+    again, twice.
+    """
+    prior = regulariser.T @ regulariser
+    keep = np.ones(data.shape[0], bool)
+    for _ in range(3):
+        rows = data[keep]
+        normal = (rows.T @ rows + prior).tocsc()
+        solution = scipy.sparse.linalg.splu(normal).solve(np.asarray(rows.T @ target[keep]))
+        residual = np.linalg.norm(data @ solution - target, axis=1)
+        limit = max(_OUTLIER_MIN_PX, _OUTLIER_FACTOR * float(np.median(residual[keep])))
+        keep = residual <= limit
+    return solution
+
+
+def _data_rows(
+    points: np.ndarray,
+    pair: _Pair,
+    poses: dict[Tile, np.ndarray],
+    shape: tuple[int, int],
+    nodes: tuple[int, int],
+    offset: dict[Tile, int],
+    total: int,
+) -> scipy.sparse.csr_matrix:
+    """Rows evaluating ``V_b(q) - V_a(q)`` (bilinear in the mesh nodes) at panorama points."""
+    index_b, weight_b = _bilinear_rows(points, poses[pair.b], shape, nodes)
+    index_a, weight_a = _bilinear_rows(points, poses[pair.a], shape, nodes)
+    rows = np.repeat(np.arange(len(points)), 8)
+    cols = np.hstack([index_b + offset[pair.b], index_a + offset[pair.a]]).ravel()
+    vals = np.hstack([weight_b, -weight_a]).ravel()
+    return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(points), total))
 
 
 def _elastic_meshes(
@@ -609,64 +723,53 @@ def _elastic_meshes(
     pairs: list[_Pair],
     spacing: int,
     smoothness: float,
+    iterations: int,
 ) -> tuple[dict[Tile, np.ndarray], dict[str, int]]:
     """Per tile a (rows, cols, 2) mesh of (dx, dy) panorama pixels, solved jointly.
 
-    Returns the meshes and, per pair name, the number of flow samples used.
+    The first round uses the feature matches of every pair only (they find misfits of many
+    pixels, also where the overlap is thin); each of the ``iterations`` flow rounds adds the
+    dense flow measured after the current meshes, asking
+    ``V_b(q) - V_a(q) = V_b^old(q) - V_a^old(q) + f(q)``. Returns the meshes and, per pair
+    name, the number of feature plus flow samples of the last round.
     """
     keys = list(tiles)
     shape = tiles[keys[0]].shape
     nodes = _node_grid(shape, spacing)
     per_tile = nodes[0] * nodes[1]
     offset = {tile: i * per_tile for i, tile in enumerate(keys)}
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    rhs: list[np.ndarray] = []
-    count = 0
-    samples: dict[str, int] = {}
-    for pair in track([p for p in pairs if p.matched], "Elastic overlap flow"):
-        measured = _overlap_flow(
-            tiles[pair.a], tiles[pair.b], poses[pair.a], poses[pair.b], max(2, spacing // 2)
-        )
-        samples[pair.name] = 0 if measured is None else len(measured[0])
-        if measured is None:
-            continue
-        points, flow = measured
-        index_b, weight_b = _bilinear_rows(points, poses[pair.b], shape, nodes)
-        index_a, weight_a = _bilinear_rows(points, poses[pair.a], shape, nodes)
-        n = len(points)
-        row = np.repeat(np.arange(count, count + n), 8)
-        rows.append(row)
-        cols.append(np.hstack([index_b + offset[pair.b], index_a + offset[pair.a]]).ravel())
-        vals.append(np.hstack([weight_b, -weight_a]).ravel())
-        rhs.append(flow)
-        count += n
-    if count == 0:
-        return {}, samples
-    edges = np.array(_membrane(nodes))
-    root = math.sqrt(smoothness)
-    for tile in keys:
-        n = len(edges)
-        rows.append(np.repeat(np.arange(count, count + n), 2))
-        cols.append((edges + offset[tile]).ravel())
-        vals.append(np.tile([root, -root], n))
-        rhs.append(np.zeros((n, 2)))
-        count += n
     total = per_tile * len(keys)
-    rows.append(np.arange(count, count + total))
-    cols.append(np.arange(total))
-    vals.append(np.full(total, math.sqrt(_MESH_GAUGE_WEIGHT)))
-    rhs.append(np.zeros((total, 2)))
-    count += total
-    matrix = scipy.sparse.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(count, total)
-    )
-    normal = (matrix.T @ matrix).tocsc()
-    solution = scipy.sparse.linalg.splu(normal).solve(np.asarray(matrix.T @ np.vstack(rhs)))
-    meshes = {
-        tile: solution[offset[tile] : offset[tile] + per_tile].reshape(*nodes, 2) for tile in keys
-    }
+    regulariser = _regulariser(nodes, len(keys), smoothness)
+    matched = [p for p in pairs if p.matched]
+    feature_rows, feature_rhs = [], []
+    for pair in matched:
+        points, flow = _feature_flow(pair, poses)
+        feature_rows.append(_data_rows(points, pair, poses, shape, nodes, offset, total))
+        feature_rhs.append(flow)
+    solution = np.zeros((total, 2))
+    meshes: dict[Tile, np.ndarray] = {}
+    samples = {p.name: len(p.loose_a) for p in matched}
+    for round_ in track(range(iterations + 1), "Elastic correction"):
+        blocks, targets = list(feature_rows), list(feature_rhs)
+        for pair in matched if round_ else []:
+            measured = _overlap_flow(
+                tiles[pair.a], tiles[pair.b], poses[pair.a], poses[pair.b],
+                meshes.get(pair.a), meshes.get(pair.b), max(2, spacing // 2),
+            )  # fmt: skip
+            samples[pair.name] = len(pair.loose_a) + (0 if measured is None else len(measured[0]))
+            if measured is not None:
+                rows = _data_rows(measured[0], pair, poses, shape, nodes, offset, total)
+                blocks.append(rows)
+                targets.append(measured[1] + rows @ solution)
+        if not blocks or sum(b.shape[0] for b in blocks) == 0:
+            break
+        solution = _robust_solve(
+            scipy.sparse.vstack(blocks).tocsr(), np.vstack(targets), regulariser
+        )
+        meshes = {
+            tile: solution[offset[tile] : offset[tile] + per_tile].reshape(*nodes, 2)
+            for tile in keys
+        }
     return meshes, samples
 
 
@@ -710,7 +813,7 @@ def _render(
         x0, y0 = np.maximum(np.floor(box.min(0) - reach).astype(int), 0)
         x1, y1 = np.minimum(np.ceil(box.max(0) + reach).astype(int) + 1, size[::-1])
         maps = _tile_maps(poses[tile], mesh, shape, (int(x0), int(y0), int(x1), int(y1)))
-        values, valid = _sample(image, maps)
+        values, valid = _sample(image, maps, cubic=True)
         weights, _ = _sample(feather, maps)
         weights[~valid] = 0
         total[y0:y1, x0:x1] += values * weights
@@ -742,6 +845,8 @@ def stitch_tiles(
     elastic: bool = True,
     mesh_spacing: int | None = None,
     smoothness: float = 1.0,
+    iterations: int = 2,
+    search_px: float = 20.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Stitch same-shape 2D tiles into a panorama (tile dtype) and a report.
 
@@ -752,14 +857,15 @@ def stitch_tiles(
     ``min_inliers`` RANSAC inliers to count as a feature match (else phase correlation is
     tried) and an overlap NCC of at least ``min_ncc`` to be used. ``elastic`` adds the local
     mesh correction (nodes every ``mesh_spacing`` px, default 1/24 of the shorter tile side,
-    membrane weight ``smoothness``).
+    membrane weight ``smoothness``, ``iterations`` rounds of flow measurement and solve).
 
     The report holds ``overlaps`` (per pair: method sift/phase/none, matches, inliers,
     residual_px of the matched points after the rigid solve, flow_samples, ncc_before on the
     prior layout, ncc_rigid and ncc_after the elastic correction), ``unmatched_pairs``,
     ``placed_by_prior`` (tiles no matched pair links to the first one), ``warnings`` (one line
     per such tile or pair), the mean NCCs and ``tiles`` (per name: x, y of pixel (0, 0),
-    rotation_deg, 2x3 ``matrix`` tile -> panorama pixels, largest elastic shift in px).
+    rotation_deg, 2x3 ``matrix`` tile -> panorama pixels, ``mesh``: None or the (rows, cols, 2)
+    elastic displacement mesh, and its largest shift in px; see `tile_to_panorama`).
     """
     if not tiles:
         raise VemvizError("no tiles to stitch")
@@ -783,7 +889,7 @@ def stitch_tiles(
             "no two tiles overlap in the given layout; check the positions or the overlap hint"
         )
     for pair in track(pairs, "Matching tile overlaps"):
-        _register_pair(tiles[pair.a], tiles[pair.b], pair, min_inliers, min_ncc)
+        _register_pair(tiles[pair.a], tiles[pair.b], pair, min_inliers, min_ncc, search_px)
     if pairs and not any(p.matched for p in pairs):
         raise VemvizError(
             "no neighbouring tiles overlap: no pair matched by features or phase correlation; "
@@ -792,7 +898,9 @@ def stitch_tiles(
     poses = _solve_poses(keys, pairs, prior)
     spacing = mesh_spacing or max(8, round(min(shape) / 24))
     meshes, samples = (
-        _elastic_meshes(tiles, poses, pairs, spacing, smoothness) if elastic else ({}, {})
+        _elastic_meshes(tiles, poses, pairs, spacing, smoothness, iterations)
+        if elastic
+        else ({}, {})
     )
     reach = max((float(np.abs(m).max()) for m in meshes.values()), default=0.0)
     poses, size = _frame(poses, shape, reach)
@@ -851,6 +959,7 @@ def stitch_tiles(
                 "rotation_deg": math.degrees(math.atan2(poses[t][1, 0], poses[t][0, 0])),
                 "matrix": poses[t].tolist(),
                 "elastic_max_px": float(np.abs(meshes[t]).max()) if t in meshes else 0.0,
+                "mesh": meshes[t].tolist() if t in meshes else None,
             }
             for t in keys
         },
