@@ -23,9 +23,9 @@ transform over the stack is the identity (the aligned stack sits where the secti
 average instead of following the first one).
 
 Trajectory smoothing (``smooth=SIGMA``, reference-free, off by default): the solved trajectory
-is low-passed along z with a Gaussian of SIGMA sections, ``S_z``, and every section keeps only
-the fast part ``T_z S_z^-1``. Jitter from section to section (cutting, stage, charging) is
-removed, while structure that drifts steadily through the stack (an oblique neurite) stays
+is low-passed along z (Gaussian-weighted local linear fit, SIGMA sections), ``S_z``, and every
+section keeps only the fast part ``T_z S_z^-1``. Jitter from section to section (cutting,
+stage, charging) is removed, while structure that drifts steadily through the stack (an oblique neurite) stays
 where the sections put it instead of being straightened. ``detrend=True`` removes only the
 linear trend of the translations along z: it cancels the shear that a consistent
 registration bias (oblique structures) builds up, but it also cancels real linear stage
@@ -42,8 +42,8 @@ displacements of all sections are solved jointly by least squares (``D_k - D_z =
 weight 1 per pair) with a weak spring (``stiffness``) towards the rigid position. The flows
 also follow the anatomy, which changes slowly along z, whereas section warps (compression,
 chatter, charging) are independent from section to section; so the solved meshes are finally
-high-passed along z (``elastic_sigma`` sections, Gaussian): each section keeps the part of its
-displacement that differs from its neighbourhood in z. The mesh is interpolated bicubically
+high-passed along z (the same local linear fit, ``elastic_sigma`` sections): each section
+keeps the part of its displacement that differs from its neighbourhood in z. The mesh is interpolated bicubically
 to a dense field.
 
 Every transform is stored in the report (2x3 matrices, and for ``elastic`` the coarse mesh of
@@ -237,17 +237,31 @@ def _detrend(transforms: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     return out
 
 
+def _local_linear(zs: np.ndarray, values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted local linear fit of ``values`` (z, ...) along z, evaluated at each z.
+
+    Unlike a plain Gaussian average it reproduces a linear trend exactly, also at the ends of
+    the stack, where a one-sided average would pull the trend inwards.
+    """
+    flat = values.reshape(len(zs), -1)
+    out = np.empty_like(flat)
+    for i, z in enumerate(zs):
+        weights = np.exp(-0.5 * ((zs - z) / sigma) ** 2)
+        design = np.column_stack([np.ones_like(zs), zs - z]) * np.sqrt(weights)[:, None]
+        coef = np.linalg.lstsq(design, flat * np.sqrt(weights)[:, None], rcond=None)[0]
+        out[i] = coef[0]
+    return out.reshape(values.shape)
+
+
 def _smooth_trajectory(
     transforms: dict[int, np.ndarray], sigma: float, rigid: bool
 ) -> dict[int, np.ndarray]:
     """Keep only the fast part of the motion: ``T_z S_z^-1`` with ``S_z`` the trajectory
-    low-passed along z (Gaussian of ``sigma`` sections over the good sections)."""
+    low-passed along z (`_local_linear` with ``sigma`` sections, over the good sections)."""
     zs = np.array(sorted(transforms), dtype=np.float64)
-    stacked = np.array([_as3(transforms[int(z)]) for z in zs])
+    slow = _local_linear(zs, np.array([_as3(transforms[int(z)]) for z in zs]), sigma)
     out = {}
-    for z in zs:
-        weights = np.exp(-0.5 * ((zs - z) / sigma) ** 2)
-        smooth = np.tensordot(weights / weights.sum(), stacked, axes=1)
+    for z, smooth in zip(zs, slow, strict=True):
         if rigid:
             smooth = _as3(_to_rigid(smooth[:2]))
         fast = (_as3(transforms[int(z)]) @ np.linalg.inv(smooth))[:2]
@@ -309,14 +323,11 @@ def _elastic_meshes(
 
 
 def _high_pass(meshes: dict[int, np.ndarray], sigma: float) -> dict[int, np.ndarray]:
-    """Subtract from every section's mesh the Gaussian average (``sigma`` sections) along z."""
+    """Subtract from every section's mesh its slow part along z (`_local_linear`, ``sigma``)."""
     zs = np.array(sorted(meshes), dtype=np.float64)
     stacked = np.array([meshes[int(z)] for z in zs])
-    out = {}
-    for z in zs:
-        weights = np.exp(-0.5 * ((zs - z) / sigma) ** 2)
-        out[int(z)] = meshes[int(z)] - np.tensordot(weights / weights.sum(), stacked, axes=1)
-    return out
+    slow = _local_linear(zs, stacked, sigma)
+    return {int(z): stacked[i] - slow[i] for i, z in enumerate(zs)}
 
 
 def _dense(mesh: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
