@@ -25,11 +25,11 @@ average instead of following the first one).
 Trajectory smoothing (``smooth=SIGMA``, reference-free, off by default): the solved trajectory
 is low-passed along z (Gaussian-weighted local linear fit, SIGMA sections), ``S_z``, and every
 section keeps only the fast part ``T_z S_z^-1``. Jitter from section to section (cutting,
-stage, charging) is removed, while structure that drifts steadily through the stack (an oblique neurite) stays
-where the sections put it instead of being straightened. ``detrend=True`` removes only the
-linear trend of the translations along z: it cancels the shear that a consistent
-registration bias (oblique structures) builds up, but it also cancels real linear stage
-drift, so it is off by default too.
+stage, charging) is removed, while structure that drifts steadily through the stack (an
+oblique neurite) stays where the sections put it instead of being straightened.
+``detrend=True`` removes only the linear trend of the translations along z: it cancels the
+shear that a consistent registration bias (oblique structures) builds up, but it also
+cancels real linear stage drift, so it is off by default too.
 Rigid transforms are solved as similarities and projected back to rotations (scale 1). Bad
 sections get transforms interpolated linearly between their nearest good neighbours.
 
@@ -43,8 +43,8 @@ weight 1 per pair) with a weak spring (``stiffness``) towards the rigid position
 also follow the anatomy, which changes slowly along z, whereas section warps (compression,
 chatter, charging) are independent from section to section; so the solved meshes are finally
 high-passed along z (the same local linear fit, ``elastic_sigma`` sections): each section
-keeps the part of its displacement that differs from its neighbourhood in z. The mesh is interpolated bicubically
-to a dense field.
+keeps the part of its displacement that differs from its neighbourhood in z. The mesh is
+interpolated bicubically to a dense field.
 
 Every transform is stored in the report (2x3 matrices, and for ``elastic`` the coarse mesh of
 ``(dx, dy)`` pixels) so that `apply_transforms` can re-apply it to another volume of the same
