@@ -206,3 +206,64 @@ def test_bad_input_raises(base: np.ndarray) -> None:
         apply_transforms(base, report["transforms"], order=1)
     with pytest.raises(VemvizError, match="order"):
         apply_transforms(base[:3], report["transforms"], order=2)
+
+
+def test_smooth_keeps_slow_drift_and_removes_jitter(base: np.ndarray) -> None:
+    rng = np.random.default_rng(5)
+    drift = np.array([1.0, -0.5])
+    jitter = rng.uniform(-3, 3, (N, 2))
+    shifts = drift * np.arange(N)[:, None] + jitter  # section z shows content at x + shift
+    stack = np.stack(
+        [
+            cv2.warpAffine(base[z], np.array([[1, 0, -shifts[z, 0]], [0, 1, -shifts[z, 1]]]),
+                           (SIZE, SIZE))
+            for z in range(N)
+        ]
+    )  # fmt: skip
+    centre = np.array([(SIZE - 1) / 2, (SIZE - 1) / 2, 1.0])
+    _, plain = align_stack(stack, "rigid")
+    _, smooth = align_stack(stack, "rigid", smooth=4.0)
+    _, content = align_stack(base, "rigid")
+    own = np.array(content["transforms"]["matrices"]) @ centre  # the stack's own slow motion
+    path_plain = np.array(plain["transforms"]["matrices"]) @ centre - own
+    path_smooth = np.array(smooth["transforms"]["matrices"]) @ centre
+    z = np.arange(N)
+    slope_plain = np.polyfit(z, path_plain, 1)[0]
+    slope_smooth = np.polyfit(z, path_smooth, 1)[0]
+    print(f"slope plain {slope_plain}, smooth {slope_smooth}, drift {drift}")
+    assert np.allclose(slope_plain, -drift, atol=0.1)  # plain alignment cancels the drift
+    assert np.allclose(slope_smooth, 0, atol=0.05)  # smoothing keeps drift and content motion
+    # ... but still removes the jitter: T_z moves the centre by -jitter_z (up to its slow part)
+    undone = path_smooth + jitter
+
+    def detrended(path: np.ndarray) -> np.ndarray:
+        return path - np.column_stack([np.polyval(np.polyfit(z, path[:, i], 1), z) for i in (0, 1)])
+
+    left, before = np.sqrt(np.mean(detrended(undone) ** 2)), np.sqrt(np.mean(jitter**2))
+    print(f"jitter RMS {before:.2f} px, left {left:.2f} px")
+    assert left < 0.35 * before  # the slow part of white jitter (~0.3) cannot be told apart
+    assert smooth["smooth_sections"] == 4.0
+
+
+def test_cli_saves_transforms_and_applies_them_to_labels(raw: np.ndarray, tmp_path: Path) -> None:
+    from vemviz.cli import main
+
+    labels = tifffile.imread(DATA / "neuron_labels.tif")[Z0 : Z0 + N, :SIZE, :SIZE]
+    stack, _ = _perturb(raw, seed=3)
+    tifffile.imwrite(tmp_path / "raw.tif", stack)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    out = tmp_path / "aligned.tif"
+    assert main(["align", str(tmp_path / "raw.tif"), "--out", str(out), "--skip", "4"]) == 0
+    saved = tmp_path / "aligned.tif.transforms.json"
+    transforms = json.loads(saved.read_text())["transforms"]
+    assert transforms["mode"] == "rigid" and len(transforms["matrices"]) == N
+    moved_path = tmp_path / "labels_aligned.tif"
+    argv = ["align", str(tmp_path / "labels.tif"), "--apply-transforms", str(saved),
+            "--out", str(moved_path)]  # fmt: skip
+    assert main(argv) == 0
+    moved = tifffile.imread(moved_path)
+    assert moved.dtype == labels.dtype and moved.shape == labels.shape
+    assert np.array_equal(moved, apply_transforms(labels, transforms, order=0))
+    assert set(np.unique(moved)) <= set(np.unique(labels)) | {0}
+    assert main(["align", str(tmp_path / "labels.tif"), "--apply-transforms",
+                 str(tmp_path / "raw.tif"), "--out", str(tmp_path / "x.tif")]) == 2  # fmt: skip

@@ -95,19 +95,41 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_stitch(args: argparse.Namespace) -> None:
-    volume, report = stages.stitch(args.tile_dir, grid=args.grid)
+    volume, report = stages.stitch(
+        args.tile_dir, grid=args.grid, overlap=args.overlap, elastic=not args.rigid_only
+    )
     if args.voxel_size:
         volume = volume.with_data(volume.data, args.voxel_size)
     _finish(args, volume, report)
+
+
+def _read_transforms(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise VemvizError(f"cannot read transforms {path}: {exc}") from exc
+    transforms = data.get("transforms", data) if isinstance(data, dict) else None
+    if not isinstance(transforms, dict) or "matrices" not in transforms:
+        raise VemvizError(f"{path} holds no alignment transforms (written by vemviz align)")
+    return transforms
 
 
 def cmd_align(args: argparse.Namespace) -> None:
     from vemviz.restore import parse_slice_list
 
     volume = _read(args)
+    if args.apply_transforms:
+        out, report = stages.apply_alignment(
+            volume, _read_transforms(args.apply_transforms), order=args.order
+        )
+        _finish(args, out, report, is_label=args.order == 0)
+        return
     skip = tuple(parse_slice_list(args.skip, volume.shape[0])) if args.skip else ()
-    out, report = stages.align(volume, mode=args.mode, skip=skip)
+    out, report = stages.align(volume, mode=args.mode, skip=skip, smooth=args.smooth)
     _finish(args, out, report)
+    transforms = args.transforms or args.out.with_name(args.out.name + ".transforms.json")
+    write_json(transforms, {"transforms": report["transforms"]})
+    status(f"wrote {transforms} (apply to labels with --apply-transforms)")
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
@@ -250,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, report=False)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("stitch", help="stitch a grid of overlapping tiles (*_ROW_COL.ext)")
-    p.add_argument("tile_dir", type=Path, metavar="TILE_DIR")
+    p = sub.add_parser("stitch", help="stitch overlapping tiles (*_ROW_COL.ext or a CSV list)")
+    p.add_argument("tile_dir", type=Path, metavar="TILE_DIR", help="tile folder or CSV list")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid", type=_grid, metavar="RxC", help="expected grid, e.g. 3x3")
+    p.add_argument("--overlap", type=float, default=0.1, help="approximate overlap (0.1 = 10%%)")
+    p.add_argument("--rigid-only", action="store_true", help="skip the local elastic correction")
     _add_common(p)
     p.set_defaults(func=cmd_stitch)
 
@@ -262,6 +286,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--mode", choices=("rigid", "affine", "elastic"), default="rigid")
     p.add_argument("--skip", metavar="SLICES", help="damaged sections to bridge, e.g. 3,17,40-42")
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="keep the slow trajectory (Gaussian of SIGMA sections): real drift",
+    )
+    p.add_argument(
+        "--transforms",
+        type=Path,
+        metavar="JSON",
+        help="where to save the transforms (default OUT.transforms.json)",
+    )
+    p.add_argument(
+        "--apply-transforms",
+        type=Path,
+        metavar="JSON",
+        help="apply saved transforms to IN (e.g. labels) instead of aligning",
+    )
+    p.add_argument(
+        "--order",
+        type=int,
+        choices=(0, 1, 3),
+        default=0,
+        help="interpolation for --apply-transforms (0 = nearest, for labels)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_align)
 

@@ -23,23 +23,48 @@ from vemviz import segment as segment_mod
 from vemviz import sr as sr_mod
 from vemviz import stitch as stitch_mod
 from vemviz.errors import VemvizError
+from vemviz.progress import status
 from vemviz.volume import Volume
 
 Report = dict[str, Any]
 
 
-def stitch(tile_dir: Path, *, grid: tuple[int, int] | None = None) -> tuple[Volume, Report]:
-    """Stitch a tile folder into a one-slice volume (z = 1)."""
-    tiles = stitch_mod.read_tile_grid(Path(tile_dir), grid)
-    image, report = stitch_mod.stitch_tiles(tiles)
+def stitch(
+    tile_dir: Path,
+    *,
+    grid: tuple[int, int] | None = None,
+    overlap: float = 0.1,
+    elastic: bool = True,
+) -> tuple[Volume, Report]:
+    """Stitch a tile folder (``*_ROW_COL`` names) or a CSV tile list into a one-slice volume."""
+    tile_dir = Path(tile_dir)
+    if tile_dir.suffix.lower() == ".csv":
+        tiles, positions = stitch_mod.read_tile_list(tile_dir)
+        image, report = stitch_mod.stitch_tiles(
+            tiles, overlap_hint=overlap, positions=positions, elastic=elastic
+        )
+    else:
+        grid_tiles = stitch_mod.read_tile_grid(tile_dir, grid)
+        image, report = stitch_mod.stitch_tiles(grid_tiles, overlap_hint=overlap, elastic=elastic)
+    for warning in report["warnings"]:
+        status(f"warning: {warning}")
     return Volume(image[np.newaxis], None, {"source": str(tile_dir), "stage": "stitch"}), report
 
 
 def align(
-    volume: Volume, *, mode: str = "rigid", skip: tuple[int, ...] = ()
+    volume: Volume, *, mode: str = "rigid", skip: tuple[int, ...] = (), smooth: float = 0.0
 ) -> tuple[Volume, Report]:
-    aligned, report = align_mod.align_stack(volume.numpy(), mode=mode, skip=skip)
+    aligned, report = align_mod.align_stack(volume.numpy(), mode=mode, skip=skip, smooth=smooth)
     return volume.with_data(aligned, stage="align"), report
+
+
+def apply_alignment(
+    volume: Volume, transforms: dict[str, Any], *, order: int = 0
+) -> tuple[Volume, Report]:
+    """Re-apply saved alignment transforms (order 0 = nearest, exact for label volumes)."""
+    out = align_mod.apply_transforms(volume.numpy(), transforms, order=order)
+    report = {"applied_mode": transforms.get("mode"), "order": order}
+    return volume.with_data(out, stage="align"), report
 
 
 def inpaint(
