@@ -388,6 +388,10 @@ from pathlib import Path
 args = sys.argv[1:]
 if args == ["sleep"]:
     time.sleep(60)
+if "--data" in args and args[args.index("--data") + 1].endswith("broken.tif"):
+    print(json.dumps({{"event": "status", "message": "reading broken.tif"}}), file=sys.stderr)
+    print("vemviz: error: broken.tif is not a TIFF file", file=sys.stderr)
+    sys.exit(2)
 out = Path(args[args.index("--out") + 1])
 out.mkdir(parents=True, exist_ok=True)
 (out / "argv.json").write_text(json.dumps(args))
@@ -402,7 +406,7 @@ OPERATOR_CHECK = """
     import json, sys
     import bpy
     import addon_utils
-    addon_dir, core_path, out_dir = sys.argv[sys.argv.index("--") + 1:]
+    addon_dir, core_path, out_dir, *panel = sys.argv[sys.argv.index("--") + 1:]
     sys.path.insert(0, addon_dir)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon_utils.enable("vemviz_blender", default_set=True)
@@ -411,10 +415,21 @@ OPERATOR_CHECK = """
     bpy.context.preferences.addons["vemviz_blender"].preferences.core = core_path
     settings = bpy.context.scene.vemviz
     settings.output_dir = out_dir
-    result = bpy.ops.vemviz.reconstruct_and_render("INVOKE_DEFAULT")  # no window: runs execute
+    for assignment in panel:  # name=value pairs for the panel's settings
+        name, value = assignment.split("=")
+        setattr(settings, name, type(getattr(settings, name))(json.loads(value)))
+    try:
+        result = bpy.ops.vemviz.reconstruct_and_render("INVOKE_DEFAULT")  # no window: execute
+    except RuntimeError as exc:
+        print("RESULT " + json.dumps({"error": str(exc)}), flush=True)
+        raise
+    meshes = [o for o in bpy.context.scene.objects if o.type == "MESH"]
     print("RESULT " + json.dumps({
         "result": sorted(result),
-        "objects": sorted(o.name for o in bpy.context.scene.objects if o.type == "MESH"),
+        "objects": sorted(o.name for o in meshes),
+        "cut_modifiers": sum(m.type == "BOOLEAN" for o in meshes for m in o.modifiers),
+        "frames": [bpy.context.scene.frame_start, bpy.context.scene.frame_end],
+        "engine": bpy.context.scene.render.engine,
     }))
 """
 
@@ -457,6 +472,40 @@ def test_reconstruct_operator_with_stand_in_core(
     assert "stand-in finished" in completed.stdout + completed.stderr  # status reported
     assert len(result["objects"]) == len(LABELS)
     assert iio.imread(out / "render.png").shape[:2] == (120, 160)
+
+
+def test_reconstruct_operator_panel_choices_cut_turntable_workbench(
+    blender_prefix: list[str], stand_in: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    panel = ['engine="WORKBENCH"', 'cut_axis="Z"', "cut_position=0.4", "turntable=true",
+             "turntable_frames=2"]  # fmt: skip
+    completed = _run_in_blender(
+        blender_prefix, OPERATOR_CHECK, tmp_path, str(ADDON), str(stand_in), str(out), *panel
+    )
+    result = _result(completed)
+    assert result["result"] == ["FINISHED"] and result["engine"] == "BLENDER_WORKBENCH"
+    assert result["cut_modifiers"] == len(LABELS) and result["frames"] == [1, 2]
+    frames = [iio.imread(out / f"render_{i:04d}.png") for i in (1, 2)]
+    assert not np.array_equal(frames[0], frames[1])
+    assert (out / "render.png").is_file()
+
+
+def test_reconstruct_operator_reports_a_failing_core(
+    blender_prefix: list[str], stand_in: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"no tiff")
+    completed = _run_in_blender(
+        blender_prefix, OPERATOR_CHECK, tmp_path, str(ADDON), str(stand_in), str(out),
+        f"input_path={json.dumps(str(broken))}",
+    )  # fmt: skip
+    assert completed.returncode != 0  # the script's exit status
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    message = json.loads(lines[-1].removeprefix("RESULT "))["error"]
+    assert "vemviz failed" in message and "broken.tif is not a TIFF file" in message
+    assert not (out / "render.png").exists()
 
 
 @pytest.mark.slow
