@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import trimesh
 
+from vemviz import VemvizError
 from vemviz.mesh import (
     MeshOptions,
     block_mean,
@@ -150,3 +151,13 @@ def test_flyem_neurons_are_closed_and_outward(shared_data, tmp_path):
         corners = mesh.vertex_normals[mesh.faces]  # (faces, 3 corners, 3)
         agree = np.einsum("fcj,fj->fc", corners, mesh.face_normals)
         assert np.mean(agree > 0) > 0.95
+
+
+def test_largest_meshes_only_the_biggest_labels(tmp_path):
+    labels = _many_labels()
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    expected = sorted(ids[np.argsort(-counts, kind="stable")[:3]].tolist())
+    manifest = mesh_labels(labels, (40.0, 8.0, 8.0), tmp_path / "top", largest=3)
+    assert [o["label"] for o in manifest["objects"]] == expected
+    with pytest.raises(VemvizError, match="at least 1"):
+        mesh_labels(labels, (40.0, 8.0, 8.0), tmp_path / "none", largest=0)

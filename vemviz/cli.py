@@ -147,6 +147,7 @@ def cmd_mesh(args: argparse.Namespace) -> None:
     manifest = stages.mesh(
         labels, args.out, smooth=args.smooth, decimate=args.decimate, units=args.units,
         class_name=args.class_name, opacity=args.opacity, ply=args.ply, workers=args.workers,
+        largest=args.largest,
     )  # fmt: skip
     faces = sum(o["faces"] for o in manifest["objects"])
     status(f"wrote {len(manifest['objects'])} meshes ({faces} faces) to {args.out}")
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=float, help="material opacity (default 1, cells 0.35)")
     p.add_argument("--ply", action="store_true", help="also write PLY files")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    p.add_argument("--largest", type=int, metavar="N", help="mesh only the N largest labels")
     _add_common(p, report=False)
     p.set_defaults(func=cmd_mesh)
 

@@ -335,8 +335,12 @@ def mesh_labels(
     opacity: float = 1.0,
     options: MeshOptions | None = None,
     write_ply: bool = False,
+    largest: int | None = None,
 ) -> dict[str, Any]:
-    """Mesh every non-zero label of ``labels`` into ``out_dir``; returns the manifest."""
+    """Mesh every non-zero label of ``labels`` into ``out_dir``; returns the manifest.
+
+    ``largest`` meshes only that many labels, those with the most voxels (for figures).
+    """
     options = options or MeshOptions()
     if options.units not in NM_PER_UNIT:
         raise VemvizError(f"units must be one of {', '.join(NM_PER_UNIT)}, got {options.units!r}")
@@ -350,6 +354,11 @@ def mesh_labels(
     ids = [i + 1 for i, box in enumerate(boxes) if box is not None]
     if not ids:
         raise VemvizError("the label volume is empty (no non-zero voxels): nothing to mesh")
+    if largest is not None:
+        if largest < 1:
+            raise VemvizError(f"largest must be at least 1, got {largest}")
+        values, counts = np.unique(labels[labels != 0], return_counts=True)
+        ids = sorted(int(v) for v in values[np.argsort(-counts, kind="stable")[:largest]])
     spacing = tuple(float(v) for v in voxel_size_nm)
     entries = {}
     meshes = {}

@@ -122,6 +122,7 @@ def mesh(
     opacity: float | None = None,
     ply: bool = False,
     workers: int = 0,
+    largest: int | None = None,
 ) -> Report:
     """Mesh a label volume into ``out_dir``; returns the manifest."""
     voxel = labels.require_voxel_size("meshing in physical units")
@@ -134,5 +135,5 @@ def mesh(
     )
     return mesh_mod.mesh_labels(
         labels.numpy(), voxel, out_dir, class_name=class_name, opacity=opacity,
-        options=options, write_ply=ply,
+        options=options, write_ply=ply, largest=largest,
     )  # fmt: skip
