@@ -554,6 +554,9 @@ def render_still(scene: bpy.types.Scene, out: str | os.PathLike[str]) -> Path:
         bpy.ops.render.render(write_still=True, scene=scene.name)
         if not os.path.getsize(temp):
             raise RuntimeError(f"Blender wrote no image for {out}.")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp made it private; a render is an ordinary file
         os.replace(temp, out)
     finally:
         scene.render.filepath = previous
