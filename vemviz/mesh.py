@@ -17,7 +17,8 @@ surface. Per object:
 4. Faces are wound so that the signed volume is positive: outward normals.
 
 Objects are meshed in parallel worker processes (``workers``; forked, so they share the label
-volume without copying it); the main process writes the files as results arrive. trimesh
+volume without copying it), largest bounding box first; the main process writes the files as
+results arrive. trimesh
 measures volume and area and writes GLB with vertex normals.
 
 Coordinates: volume (x, y, z) = voxel index * voxel size, converted to ``units``; GLB files use
@@ -32,8 +33,8 @@ import math
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,31 +255,36 @@ def worker_count(requested: int, objects: int) -> int:
     return max(1, min(requested, objects if objects >= PARALLEL_MIN_OBJECTS else 1))
 
 
-def label_surfaces(
+def by_box_size(ids: list[int], boxes: list[tuple[slice, ...] | None]) -> list[int]:
+    """Label ids, largest bounding box first (so the workers finish together)."""
+    return sorted(ids, key=lambda i: -math.prod(s.stop - s.start for s in boxes[i - 1]))
+
+
+@contextmanager
+def surface_mapper(
     labels: np.ndarray,
     boxes: list[tuple[slice, ...] | None],
-    ids: list[int],
     spacing: VoxelSize,
     options: MeshOptions,
-) -> Iterator[Surface | None]:
-    """Surfaces of ``ids`` (in an order that balances the workers: largest boxes first)."""
-    order = sorted(ids, key=lambda i: -np.prod([s.stop - s.start for s in boxes[i - 1]]))
-    workers = worker_count(options.workers, len(ids))
+    objects: int,
+) -> Iterator[Callable[[list[int]], Iterator[Surface | None]]]:
+    """A function from label ids to their surfaces (in order), in worker processes if useful.
+
+    The workers are started here, before a progress display starts its thread, and stopped on
+    leaving (also on Ctrl-C: they are terminated, not waited for).
+    """
+    workers = worker_count(options.workers, objects)
     if workers == 1:
-        for label in order:
-            yield label_surface(labels, boxes[label - 1], label, spacing, options)
+        yield lambda ids: (label_surface(labels, boxes[i - 1], i, spacing, options) for i in ids)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context(method),
-        initializer=_init_worker,
-        initargs=(labels, boxes, spacing, options),
-    )
+    context = multiprocessing.get_context(method)
+    pool = context.Pool(workers, _init_worker, (labels, boxes, spacing, options))
     try:
-        yield from pool.map(_worker_surface, order)
+        yield lambda ids: pool.imap(_worker_surface, ids)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.terminate()
+        pool.join()
 
 
 def _gltf_mesh(surface: Surface, scale: float, color: str, opacity: float) -> trimesh.Trimesh:
@@ -364,12 +370,13 @@ def mesh_labels(
     meshes = {}
     with atomic_path(out_dir) as temp:
         temp.mkdir()
-        surfaces = label_surfaces(labels, boxes, ids, spacing, options)
-        for surface in track(surfaces, f"meshing {len(ids)} labels", total=len(ids)):
-            if surface is not None:
-                entries[surface.label], meshes[surface.label] = _write_object(
-                    temp, surface, scale, class_name, opacity, write_ply
-                )
+        with surface_mapper(labels, boxes, spacing, options, len(ids)) as surfaces:
+            work = surfaces(by_box_size(ids, boxes))
+            for surface in track(work, f"meshing {len(ids)} labels", total=len(ids)):
+                if surface is not None:
+                    entries[surface.label], meshes[surface.label] = _write_object(
+                        temp, surface, scale, class_name, opacity, write_ply
+                    )
         if not entries:
             raise VemvizError(
                 f"every label is smaller than {options.min_voxels} voxels: nothing to mesh"
