@@ -6,7 +6,10 @@ whole volume per label and every object (also one cut by the volume's edge) yiel
 surface. Per object:
 
 1. Marching cubes (scikit-image, Lewiner) on the small binary crop at level 0.5 with the
-   anisotropic voxel size as spacing, so vertices land in nanometres directly.
+   anisotropic voxel size as spacing, so vertices land in nanometres directly. An object whose
+   surface would exceed ``COARSEN_LIMIT`` times the face budget (marching cubes makes exactly
+   two triangles per exposed voxel face, so this is known beforehand) is meshed on the means
+   of f^3 voxel blocks instead, its partial-volume fraction, with spacing f times the voxel.
 2. VTK's windowed-sinc filter (``smooth_taubin``): a Taubin-style low-pass that removes the
    voxel staircase without shrinking the object.
 3. Quadric edge-collapse decimation (``fast_simplification``) to the face budget
@@ -18,8 +21,8 @@ surface. Per object:
 
 Objects are meshed in parallel worker processes (``workers``; forked, so they share the label
 volume without copying it), largest bounding box first; the main process writes the files as
-results arrive. trimesh
-measures volume and area and writes GLB with vertex normals.
+results arrive. Closedness, volume and area are computed with numpy; trimesh writes GLB with
+vertex normals.
 
 Coordinates: volume (x, y, z) = voxel index * voxel size, converted to ``units``; GLB files use
 glTF's +Y up frame, (X, Y, Z) = (x, z, -y). Colours are a stable function of the label id
