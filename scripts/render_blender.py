@@ -4,10 +4,14 @@
     python scripts/render_blender.py -- --meshes DIR --out fig.png      # the bpy wheel
 
 Options (after ``--``): ``--engine CYCLES|EEVEE|WORKBENCH`` (default CYCLES, the one engine
-that needs no OpenGL context), ``--samples N``, ``--resolution WxH``, ``--cut AXIS:FRACTION``
-(e.g. ``z:0.5`` removes the half of the volume above the middle section that faces the camera),
-``--turntable FRAMES`` (also writes ``<stem>_0001.png`` ...), ``--transparent-enclosing``
-(cells that contain other objects become semi-transparent).
+that needs no OpenGL context), ``--device CPU|GPU`` (Cycles; GPU falls back to the CPU),
+``--samples N``, ``--resolution WxH``, ``--cut AXIS:FRACTION`` (e.g. ``z:0.5`` removes the half
+of the volume above the middle section that faces the camera), ``--turntable FRAMES`` (also
+writes ``<stem>_0001.png`` ...), ``--transparent-enclosing`` (cells that contain other objects
+become semi-transparent).
+
+Works in Blender 3.4 (Debian's ``blender`` package, which needs ``python3-numpy``; its Cycles
+has no OpenImageDenoise, so renders are not denoised there) through 5.0.
 
 The scene code lives in the add-on package (``blender_addon/vemviz_blender/scene.py``); this
 script only parses arguments and calls it. On success the last line on stdout is
@@ -23,6 +27,16 @@ import time
 from pathlib import Path
 
 import bpy
+
+try:
+    import numpy  # noqa: F401  (the scene code needs it; Debian's Blender does not ship it)
+except ImportError:
+    print(
+        "vemviz render: this Blender's Python has no numpy; on Debian/Ubuntu run "
+        "apt-get install python3-numpy",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "blender_addon"))
 
@@ -56,6 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--engine", default=vscene.DEFAULT_ENGINE, type=str.upper, choices=sorted(vscene.ENGINES)
     )
+    parser.add_argument(
+        "--device", default="CPU", type=str.upper, choices=vscene.DEVICES, help="Cycles device"
+    )
     parser.add_argument("--samples", type=int, default=vscene.DEFAULT_SAMPLES)
     parser.add_argument("--resolution", type=_resolution, default=vscene.DEFAULT_RESOLUTION)
     parser.add_argument("--cut", type=_cut, default=None, metavar="AXIS:FRACTION")
@@ -80,6 +97,7 @@ def render(args: argparse.Namespace) -> tuple[Path, int]:
         resolution=args.resolution,
         cut=args.cut,
         turntable=args.turntable,
+        device=args.device,
     )
     if args.turntable:
         vscene.render_turntable(scene, args.out)

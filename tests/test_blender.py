@@ -240,12 +240,10 @@ def test_render_meshes_rejects_bad_folders(mesh_dir: Path, tmp_path: Path, kind:
         vrender.render_meshes(folder, tmp_path / "x.png", blender=sys.executable)
 
 
-def test_render_meshes_png_shows_every_label_colour(
-    blender_prefix: list[str], mesh_dir: Path, tmp_path: Path
-) -> None:
-    out = vrender.render_meshes(mesh_dir, tmp_path / "fig.png", resolution=(320, 240), samples=8)
-    pixels = iio.imread(out)[..., :3]
-    assert pixels.shape == (240, 320, 3)
+def _assert_label_colours(png: Path, shape: tuple[int, int]) -> None:
+    """Neutral grey background that is not everything, and every label's hue on the image."""
+    pixels = iio.imread(png)[..., :3]
+    assert pixels.shape == (*shape, 3)
     hsv = _hsv(pixels)
     background = hsv[0]  # top-left corner
     assert background[1] < 0.15 and 0.2 < background[2] < 0.8, "background is not neutral grey"
@@ -257,6 +255,25 @@ def test_render_meshes_png_shows_every_label_colour(
         distance = np.abs((hsv[:, 0] - hue + 0.5) % 1.0 - 0.5)
         matching = np.count_nonzero((distance < 0.04) & (hsv[:, 1] > 0.3))
         assert matching > 300, f"label {label} ({label_color(label)}): {matching} pixels"
+
+
+def test_render_meshes_png_shows_every_label_colour(
+    blender_prefix: list[str], mesh_dir: Path, tmp_path: Path
+) -> None:
+    out = vrender.render_meshes(mesh_dir, tmp_path / "fig.png", resolution=(320, 240), samples=8)
+    _assert_label_colours(out, (240, 320))
+
+
+def test_debian_blender_renders_every_label_colour(mesh_dir: Path, tmp_path: Path) -> None:
+    """Blender 3.4 from Debian's ``blender`` package (.ci/run installs it), no denoiser."""
+    blender = shutil.which("blender")
+    if blender is None:
+        pytest.skip("no blender executable on PATH: apt-get install blender python3-numpy")
+    out = vrender.render_meshes(
+        mesh_dir, tmp_path / "debian.png", blender=blender, resolution=(320, 240), samples=8,
+        cut="z:0.6",
+    )  # fmt: skip
+    _assert_label_colours(out, (240, 320))
 
 
 # --- the render script -----------------------------------------------------------------------
@@ -371,6 +388,10 @@ from pathlib import Path
 args = sys.argv[1:]
 if args == ["sleep"]:
     time.sleep(60)
+if "--data" in args and args[args.index("--data") + 1].endswith("broken.tif"):
+    print(json.dumps({{"event": "status", "message": "reading broken.tif"}}), file=sys.stderr)
+    print("vemviz: error: broken.tif is not a TIFF file", file=sys.stderr)
+    sys.exit(2)
 out = Path(args[args.index("--out") + 1])
 out.mkdir(parents=True, exist_ok=True)
 (out / "argv.json").write_text(json.dumps(args))
@@ -385,7 +406,7 @@ OPERATOR_CHECK = """
     import json, sys
     import bpy
     import addon_utils
-    addon_dir, core_path, out_dir = sys.argv[sys.argv.index("--") + 1:]
+    addon_dir, core_path, out_dir, *panel = sys.argv[sys.argv.index("--") + 1:]
     sys.path.insert(0, addon_dir)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon_utils.enable("vemviz_blender", default_set=True)
@@ -394,10 +415,21 @@ OPERATOR_CHECK = """
     bpy.context.preferences.addons["vemviz_blender"].preferences.core = core_path
     settings = bpy.context.scene.vemviz
     settings.output_dir = out_dir
-    result = bpy.ops.vemviz.reconstruct_and_render("INVOKE_DEFAULT")  # no window: runs execute
+    for assignment in panel:  # name=value pairs for the panel's settings
+        name, value = assignment.split("=")
+        setattr(settings, name, type(getattr(settings, name))(json.loads(value)))
+    try:
+        result = bpy.ops.vemviz.reconstruct_and_render("INVOKE_DEFAULT")  # no window: execute
+    except RuntimeError as exc:
+        print("RESULT " + json.dumps({"error": str(exc)}), flush=True)
+        raise
+    meshes = [o for o in bpy.context.scene.objects if o.type == "MESH"]
     print("RESULT " + json.dumps({
         "result": sorted(result),
-        "objects": sorted(o.name for o in bpy.context.scene.objects if o.type == "MESH"),
+        "objects": sorted(o.name for o in meshes),
+        "cut_modifiers": sum(m.type == "BOOLEAN" for o in meshes for m in o.modifiers),
+        "frames": [bpy.context.scene.frame_start, bpy.context.scene.frame_end],
+        "engine": bpy.context.scene.render.engine,
     }))
 """
 
@@ -440,6 +472,40 @@ def test_reconstruct_operator_with_stand_in_core(
     assert "stand-in finished" in completed.stdout + completed.stderr  # status reported
     assert len(result["objects"]) == len(LABELS)
     assert iio.imread(out / "render.png").shape[:2] == (120, 160)
+
+
+def test_reconstruct_operator_panel_choices_cut_turntable_workbench(
+    blender_prefix: list[str], stand_in: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    panel = ['engine="WORKBENCH"', 'cut_axis="Z"', "cut_position=0.4", "turntable=true",
+             "turntable_frames=2"]  # fmt: skip
+    completed = _run_in_blender(
+        blender_prefix, OPERATOR_CHECK, tmp_path, str(ADDON), str(stand_in), str(out), *panel
+    )
+    result = _result(completed)
+    assert result["result"] == ["FINISHED"] and result["engine"] == "BLENDER_WORKBENCH"
+    assert result["cut_modifiers"] == len(LABELS) and result["frames"] == [1, 2]
+    frames = [iio.imread(out / f"render_{i:04d}.png") for i in (1, 2)]
+    assert not np.array_equal(frames[0], frames[1])
+    assert (out / "render.png").is_file()
+
+
+def test_reconstruct_operator_reports_a_failing_core(
+    blender_prefix: list[str], stand_in: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"no tiff")
+    completed = _run_in_blender(
+        blender_prefix, OPERATOR_CHECK, tmp_path, str(ADDON), str(stand_in), str(out),
+        f"input_path={json.dumps(str(broken))}",
+    )  # fmt: skip
+    assert completed.returncode != 0  # the script's exit status
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    message = json.loads(lines[-1].removeprefix("RESULT "))["error"]
+    assert "vemviz failed" in message and "broken.tif is not a TIFF file" in message
+    assert not (out / "render.png").exists()
 
 
 @pytest.mark.slow

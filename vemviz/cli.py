@@ -168,7 +168,8 @@ def cmd_mesh(args: argparse.Namespace) -> None:
     labels = _read(args, "labels")
     manifest = stages.mesh(
         labels, args.out, smooth=args.smooth, decimate=args.decimate, units=args.units,
-        class_name=args.class_name, opacity=args.opacity, ply=args.ply,
+        class_name=args.class_name, opacity=args.opacity, ply=args.ply, workers=args.workers,
+        largest=args.largest,
     )  # fmt: skip
     faces = sum(o["faces"] for o in manifest["objects"])
     status(f"wrote {len(manifest['objects'])} meshes ({faces} faces) to {args.out}")
@@ -179,9 +180,21 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     render_meshes(
         args.mesh_dir, args.out, blender=args.blender, engine=args.engine, samples=args.samples,
-        resolution=args.resolution, cut=args.cut,
+        resolution=args.resolution, cut=args.cut, device=args.device, turntable=args.turntable,
     )  # fmt: skip
     status(f"wrote {args.out}")
+
+
+def cmd_video(args: argparse.Namespace) -> None:
+    from vemviz.video import make_video
+
+    volume = _read(args)
+    labels = read_volume(args.labels, args.voxel_size).numpy() if args.labels else None
+    report = make_video(
+        volume.numpy(), args.out, axis=args.axis, voxel_size_nm=volume.voxel_size_nm,
+        labels=labels, fps=args.fps,
+    )  # fmt: skip
+    status(f"wrote {args.out}: {report['frames']} frames, {report['seconds']} s at {args.fps} fps")
 
 
 def cmd_export_unity(args: argparse.Namespace) -> None:
@@ -362,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-name", help="object class for names (default from the labels)")
     p.add_argument("--opacity", type=float, help="material opacity (default 1, cells 0.35)")
     p.add_argument("--ply", action="store_true", help="also write PLY files")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    p.add_argument("--largest", type=int, metavar="N", help="mesh only the N largest labels")
     _add_common(p, report=False)
     p.set_defaults(func=cmd_mesh)
 
@@ -373,7 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int)
     p.add_argument("--resolution", type=_resolution, metavar="WxH")
     p.add_argument("--cut", metavar="AXIS:POS", help="cut the model, e.g. z:0.5")
+    p.add_argument("--device", choices=("CPU", "GPU"), help="Cycles device (GPU falls back)")
+    p.add_argument("--turntable", type=int, metavar="FRAMES", help="also render an orbit")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("video", help="slice fly-through MP4 of a volume (optional label overlay)")
+    p.add_argument("input", type=Path, metavar="IN")
+    p.add_argument("--out", type=Path, required=True, metavar="MP4")
+    p.add_argument("--axis", choices=("z", "y", "x"), default="z", help="slice axis")
+    p.add_argument("--labels", type=Path, metavar="LABELS", help="labels to draw over the slices")
+    p.add_argument("--fps", type=float, default=10.0, help="frames per second")
+    _add_common(p, report=False)
+    p.set_defaults(func=cmd_video)
 
     p = sub.add_parser("export-unity", help="export a mesh folder into a Unity project")
     p.add_argument("mesh_dir", type=Path, metavar="MESH_DIR")

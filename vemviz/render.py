@@ -79,6 +79,7 @@ def _render_args(
     resolution: str | Sequence[int] | None,
     cut: str | None,
     turntable: int | None,
+    device: str | None = None,
 ) -> list[str]:
     args = ["--meshes", str(mesh_dir), "--out", str(out_png)]
     if resolution is not None and not isinstance(resolution, str):
@@ -89,6 +90,7 @@ def _render_args(
         "--resolution": resolution,
         "--cut": cut,
         "--turntable": turntable,
+        "--device": device,
     }
     for flag, value in options.items():
         if value is not None:
@@ -129,19 +131,20 @@ def render_meshes(
     resolution: str | Sequence[int] | None = None,
     cut: str | None = None,
     turntable: int | None = None,
+    device: str | None = None,
     timeout: float | None = None,
 ) -> Path:
     """Render the mesh folder ``mesh_dir`` to ``out_png`` with Blender; returns the PNG path.
 
     ``engine`` is CYCLES (default), EEVEE or WORKBENCH; ``resolution`` is ``"960x720"`` or
     ``[960, 720]``; ``cut`` is ``"AXIS:FRACTION"`` (``"z:0.5"``); ``turntable`` also writes that
-    many frames ``<stem>_0001.png`` ... next to ``out_png``.
+    many frames ``<stem>_0001.png`` ... next to ``out_png``; ``device`` is CPU or GPU (Cycles).
     """
     mesh_dir = Path(mesh_dir).resolve()
     out_png = Path(out_png).resolve()
     manifest = read_manifest(mesh_dir)
     command = find_blender(blender) + _render_args(
-        mesh_dir, out_png, engine, samples, resolution, cut, turntable
+        mesh_dir, out_png, engine, samples, resolution, cut, turntable, device
     )
     status(f"Rendering {len(manifest['objects'])} objects with Blender ({command[0]})")
     start = time.perf_counter()

@@ -247,6 +247,8 @@ def mesh(
     class_name: str | None = None,
     opacity: float | None = None,
     ply: bool = False,
+    workers: int = 0,
+    largest: int | None = None,
 ) -> Report:
     """Mesh a label volume into ``out_dir``; returns the manifest."""
     voxel = labels.require_voxel_size("meshing in physical units")
@@ -254,8 +256,10 @@ def mesh(
     class_name = class_name or CLASS_OF_TARGET.get(target, "object")
     if opacity is None:
         opacity = 0.35 if target == "cells" else 1.0
-    options = mesh_mod.MeshOptions(smooth_iterations=smooth, decimate=decimate, units=units)
+    options = mesh_mod.MeshOptions(
+        smooth_iterations=smooth, decimate=decimate, units=units, workers=workers
+    )
     return mesh_mod.mesh_labels(
         labels.numpy(), voxel, out_dir, class_name=class_name, opacity=opacity,
-        options=options, write_ply=ply,
+        options=options, write_ply=ply, largest=largest,
     )  # fmt: skip

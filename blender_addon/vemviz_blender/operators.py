@@ -6,7 +6,10 @@
   subprocess. Invoked from the UI it is modal: a timer polls the core's JSON progress lines,
   shows them in the progress indicator and the status bar, and ESC terminates the core. Run
   from a script (``execute``) it waits for the core. On success it imports ``OUT/meshes``,
-  stages the scene and renders ``OUT/render.png``.
+  stages the scene (engine and device, cut, turntable from the panel) and renders
+  ``OUT/render.png`` (with a turntable also ``OUT/render_0001.png`` ...). A core that fails
+  is reported with its own error line, and the operator is cancelled (from a script:
+  RuntimeError, so ``blender -b --python-exit-code 2`` exits with status 2).
 """
 
 import time
@@ -86,7 +89,7 @@ class VEMVIZ_OT_reconstruct_and_render(bpy.types.Operator):
             command = prepare_core_command(
                 core_prefix(context),
                 self._out,
-                bpy.path.abspath(settings.input_path) if settings.input_path else "",
+                settings.input_value(),
                 tuple(settings.voxel_size),
                 restore=settings.restore,
                 iso=settings.iso,
@@ -128,15 +131,22 @@ class VEMVIZ_OT_reconstruct_and_render(bpy.types.Operator):
         try:
             folder = vscene.load_manifest(self._out / MESH_FOLDER)
             objects = vscene.import_mesh_folder(folder, scene=scene, enclosing_alpha=alpha)
-            vscene.stage_scene(scene, objects, folder, **PRESETS[settings.preset])
-        except vscene.ManifestError as exc:
+            options = {**PRESETS[settings.preset], **settings.scene_options()}
+            vscene.stage_scene(scene, objects, folder, **options)
+        except (vscene.ManifestError, ValueError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         png = self._out / RENDER_NAME
         if interactive:  # render in Blender's render window, without blocking the UI
-            scene.render.filepath = str(png)
-            bpy.ops.render.render("INVOKE_DEFAULT", write_still=True)
+            if settings.turntable:  # frames render_0001.png ... next to render.png
+                scene.render.filepath = str(png.with_name(f"{png.stem}_####{png.suffix}"))
+                bpy.ops.render.render("INVOKE_DEFAULT", animation=True)
+            else:
+                scene.render.filepath = str(png)
+                bpy.ops.render.render("INVOKE_DEFAULT", write_still=True)
         else:
+            if settings.turntable:
+                vscene.render_turntable(scene, png)
             vscene.render_still(scene, png)
         self.report({"INFO"}, f"Imported {len(objects)} objects; rendering {png}")
         return {"FINISHED"}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ ENGINES = {
     "WORKBENCH": ("BLENDER_WORKBENCH",),
 }
 DEFAULT_ENGINE = "CYCLES"
+DEVICES = ("CPU", "GPU")
+GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "METAL", "ONEAPI")
 DEFAULT_SAMPLES = 16
 DEFAULT_RESOLUTION = (960, 720)
 BACKGROUND = (0.22, 0.23, 0.25)  # linear; a mid grey, slightly cool
@@ -424,8 +427,42 @@ def add_cut(
     return list(cutters.values())
 
 
-def set_engine(scene: bpy.types.Scene, engine: str, samples: int) -> str:
-    """Select ``engine`` (CYCLES, EEVEE or WORKBENCH) under this Blender's id; return the id."""
+def denoiser_available() -> bool:
+    """Whether this Cycles has OpenImageDenoise (Debian's Blender 3.4 is built without it)."""
+    try:
+        import _cycles
+    except ImportError:
+        return False
+    return bool(getattr(_cycles, "with_openimagedenoise", False))
+
+
+def enable_gpu() -> str | None:
+    """Switch Cycles to the first GPU backend with a device; its name, or None (stay on CPU)."""
+    addon = bpy.context.preferences.addons.get("cycles")
+    if addon is None:
+        return None
+    prefs = addon.preferences
+    for backend in GPU_BACKENDS:
+        try:
+            prefs.compute_device_type = backend
+        except TypeError:  # not a backend of this Blender
+            continue
+        prefs.refresh_devices()
+        devices = [d for d in prefs.devices if d.type == backend]
+        if devices:
+            for device in prefs.devices:
+                device.use = device.type == backend
+            return backend
+    prefs.compute_device_type = "NONE"
+    return None
+
+
+def set_engine(scene: bpy.types.Scene, engine: str, samples: int, device: str = "CPU") -> str:
+    """Select ``engine`` (CYCLES, EEVEE or WORKBENCH) under this Blender's id; return the id.
+
+    ``device`` GPU renders Cycles on the first available GPU backend (CUDA, OptiX, HIP, Metal,
+    oneAPI) and falls back to the CPU, with a note on stderr, when there is none.
+    """
     for identifier in ENGINES[engine.upper()]:
         try:
             scene.render.engine = identifier
@@ -435,10 +472,13 @@ def set_engine(scene: bpy.types.Scene, engine: str, samples: int) -> str:
     else:
         raise ValueError(f"This Blender has no {engine} render engine.")
     if identifier == "CYCLES":
-        scene.cycles.device = "CPU"
+        backend = enable_gpu() if device.upper() == "GPU" else None
+        if device.upper() == "GPU" and backend is None:
+            print("vemviz render: no GPU found for Cycles; rendering on the CPU", file=sys.stderr)
+        scene.cycles.device = "GPU" if backend else "CPU"
         scene.cycles.samples = samples
         scene.cycles.use_adaptive_sampling = True
-        scene.cycles.use_denoising = True
+        scene.cycles.use_denoising = denoiser_available()
         scene.cycles.max_bounces = 6
         scene.cycles.transparent_max_bounces = 16
     elif identifier.startswith("BLENDER_EEVEE"):
@@ -484,13 +524,14 @@ def stage_scene(
     resolution: tuple[int, int] = DEFAULT_RESOLUTION,
     cut: tuple[int, float] | None = None,
     turntable: int | None = None,
+    device: str = "CPU",
 ) -> bpy.types.Object:
     """Camera, lights, background, render settings, cut and turntable; returns the camera."""
     scene.render.resolution_x, scene.render.resolution_y = resolution
     scene.render.resolution_percentage = 100
     scene.render.image_settings.file_format = "PNG"
     scene.render.image_settings.color_mode = "RGB"
-    set_engine(scene, engine, samples)
+    set_engine(scene, engine, samples, device)
     set_background(scene)
     if cut is not None:
         add_cut(objects, folder, *cut)
@@ -513,6 +554,9 @@ def render_still(scene: bpy.types.Scene, out: str | os.PathLike[str]) -> Path:
         bpy.ops.render.render(write_still=True, scene=scene.name)
         if not os.path.getsize(temp):
             raise RuntimeError(f"Blender wrote no image for {out}.")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp made it private; a render is an ordinary file
         os.replace(temp, out)
     finally:
         scene.render.filepath = previous
