@@ -57,7 +57,7 @@ class Architecture:
 
     channels: int = 32
     blocks: int = 4
-    hidden: int = 64
+    hidden: int = 32
 
 
 @dataclass(frozen=True)
