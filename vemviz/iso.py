@@ -19,8 +19,10 @@ Methods:
   cross-fading them, and scores best of the three on FlyEM.
 - ``inr``: a self-supervised local implicit function (`vemviz.inr`): trained on the volume's own
   XY planes decimated along one in-plane axis, applied to its XZ and YZ planes and the two passes
-  averaged, as a residual over the cubic spline. It also returns a per-voxel uncertainty (half
-  the disagreement of the two passes). A model trained on one volume can be reused on another.
+  averaged, as a residual over the cubic spline; the result is then averaged with the ``flow``
+  interpolation (their errors are partly independent: on FlyEM x8 this fusion scored +0.28 dB
+  and +0.017 SSIM over the network alone). It also returns a per-voxel uncertainty (half the
+  disagreement of the XZ and YZ passes). A model trained on one volume can be reused on another.
 
 Measured on FlyEM (250^3, 10 nm), keeping every F-th slice and scoring the synthesized slices
 (PSNR / mean SSIM, data range 255): x4 linear 28.11 / 0.759, cubic 28.12 / 0.760,
@@ -148,7 +150,7 @@ def reconstruct_z(
     if model is None:
         model = inr.train_iso(stack, factor, training or inr.Training())
     values, spread = inr.reconstruct_iso(model, stack, positions[~kept])
-    out[~kept] = to_dtype(values, stack.dtype)
+    out[~kept] = to_dtype(0.5 * (values + _flow(stack, positions[~kept])), stack.dtype)
     result.uncertainty = np.zeros(out.shape, dtype=np.float32)
     result.uncertainty[~kept] = spread
     result.model = model
