@@ -28,13 +28,12 @@ from vemviz.pipeline import StageRecord, run_pipeline
 PHANTOM_SHAPE = (32, 192, 192)
 PHANTOM_VOXEL = (40.0, 8.0, 8.0)
 DAMAGED_SLICE = 11
-INR_SECONDS = 15.0  # training budget of the learned isotropic reconstruction (keeps the demo fast)
 
 
 def demo_config(input_path: str, factor: int, render: bool, blender: str | None) -> dict[str, Any]:
     stages: list[dict[str, Any]] = [
         {"stage": "inpaint", "detect": True, "method": "flow"},
-        {"stage": "iso", "factor": factor, "method": "inr", "time_budget": INR_SECONDS},
+        {"stage": "iso", "factor": factor, "method": "flow"},
         {"stage": "segment", "target": "mito"},
         {"stage": "mesh", "out": "meshes"},
     ]
