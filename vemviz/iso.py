@@ -26,7 +26,9 @@ Methods:
 
 Measured on FlyEM (250^3, 10 nm), keeping every F-th slice and scoring the synthesized slices
 (PSNR / mean SSIM, data range 255): x4 linear 28.11 / 0.759, cubic 28.12 / 0.760,
-flow 28.99 / 0.795; x8 linear 24.33 / 0.598, cubic 24.03 / 0.590, flow 24.93 / 0.646.
+flow 28.99 / 0.795, inr 29.53 / 0.811; x8 linear 24.33 / 0.598, cubic 24.03 / 0.590,
+flow 24.93 / 0.646, inr 25.57 / 0.673 (inr: default 240 s training budget on a loaded 2-core CPU,
+about 1800 steps; `scripts/benchmark.py iso`).
 """
 
 from __future__ import annotations
