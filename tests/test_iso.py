@@ -86,7 +86,6 @@ def test_flow_follows_motion() -> None:
 @pytest.mark.parametrize(
     ("stack", "factor", "method", "message"),
     [
-        (np.zeros((4, 8, 8)), 2, "inr", "not available yet"),
         (np.zeros((4, 8, 8)), 2, "spline", "unknown iso method"),
         (np.zeros((4, 8, 8)), 0.5, "linear", ">= 1"),
         (np.zeros((4, 8, 8)), float("nan"), "linear", ">= 1"),

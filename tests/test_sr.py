@@ -43,7 +43,6 @@ def test_scale_one_is_identity() -> None:
 @pytest.mark.parametrize(
     ("stack", "scale", "method", "message"),
     [
-        (np.zeros((2, 8, 8)), 2, "learned", "not available yet"),
         (np.zeros((2, 8, 8)), 2, "lanczos", "unknown sr method"),
         (np.zeros((2, 8, 8)), 0.5, "bicubic", ">= 1"),
         (np.zeros((8, 8)), 2, "bicubic", "3D"),

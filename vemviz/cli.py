@@ -143,13 +143,20 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
 def cmd_iso(args: argparse.Namespace) -> None:
     volume = _read(args)
-    out, report = stages.iso(volume, factor=args.factor, method=args.method)
+    out, report = stages.iso(
+        volume, factor=args.factor, out_voxel_size=args.out_voxel_size, method=args.method,
+        time_budget=args.time_budget, device=args.device, seed=args.seed, model=args.model,
+        save_model=args.save_model, uncertainty=args.uncertainty,
+    )  # fmt: skip
     _finish(args, out, report)
 
 
 def cmd_sr(args: argparse.Namespace) -> None:
     volume = _read(args)
-    out, report = stages.sr(volume, scale=args.scale, method=args.method)
+    out, report = stages.sr(
+        volume, scale=args.scale, method=args.method, time_budget=args.time_budget,
+        device=args.device, seed=args.seed, model=args.model, save_model=args.save_model,
+    )  # fmt: skip
     _finish(args, out, report)
 
 
@@ -270,6 +277,18 @@ def _add_common(
         parser.add_argument("--report", type=Path, metavar="JSON", help="write figures as JSON")
 
 
+def _add_learned(parser: argparse.ArgumentParser, method: str) -> None:
+    """Options of the self-supervised learned methods (training and model files)."""
+    parser.add_argument(
+        "--time-budget", type=float, metavar="SECONDS",
+        help=f"{method}: training time limit (default 240)",
+    )  # fmt: skip
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=0, help=f"{method}: training seed")
+    parser.add_argument("--model", type=Path, metavar="PATH", help="reuse saved weights")
+    parser.add_argument("--save-model", type=Path, metavar="PATH", help="save trained weights")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vemviz",
@@ -340,12 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("iso", help="isotropic reconstruction along z")
     p.add_argument("input", type=Path, metavar="IN")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--factor", type=float, required=True, help="z upsampling factor (>= 1)")
+    p.add_argument("--factor", type=float, help="z upsampling factor (>= 1)")
+    p.add_argument(
+        "--out-voxel-size", type=float, metavar="NM", help="output z spacing (instead of --factor)"
+    )
     p.add_argument("--method", choices=("inr", "cubic", "linear", "flow"), default="flow")
     p.add_argument(
-        "--time-budget", type=float, metavar="SECONDS",
-        help="training time limit for learned methods (inr)",
+        "--uncertainty", type=Path, metavar="PATH",
+        help="inr: write the per-voxel uncertainty (XZ/YZ disagreement) as a volume here",
     )  # fmt: skip
+    _add_learned(p, "inr")
     _add_common(p)
     p.set_defaults(func=cmd_iso)
 
@@ -354,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--scale", type=float, required=True)
     p.add_argument("--method", choices=("bicubic", "learned"), default="bicubic")
+    _add_learned(p, "learned")
     _add_common(p)
     p.set_defaults(func=cmd_sr)
 

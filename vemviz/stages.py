@@ -23,6 +23,7 @@ from vemviz import segment as segment_mod
 from vemviz import sr as sr_mod
 from vemviz import stitch as stitch_mod
 from vemviz.errors import VemvizError
+from vemviz.io import write_volume
 from vemviz.progress import status
 from vemviz.volume import Volume
 
@@ -92,24 +93,102 @@ def inpaint(
     return volume.with_data(filled, stage="inpaint"), report
 
 
-def iso(volume: Volume, *, factor: float, method: str = "flow") -> tuple[Volume, Report]:
-    """Resample along z by ``factor`` (output slice i*F sits at input slice i)."""
+def _training(time_budget: float | None, device: str, seed: int):
+    from vemviz.inr import Training
+
+    if time_budget is not None and not time_budget > 0:
+        raise VemvizError(f"--time-budget must be a positive number of seconds, got {time_budget}")
+    budget = {} if time_budget is None else {"time_budget": float(time_budget)}
+    return Training(device=device, seed=int(seed), **budget)
+
+
+def _learned_model(path: str | Path | None, kind: str, device: str):
+    from vemviz.inr import load_model
+
+    return None if path is None else load_model(Path(path), kind, device)
+
+
+def _learned_report(model: Any, save_model: str | Path | None) -> Report:
+    from vemviz.inr import save_model as save
+
+    if save_model is not None:
+        save(model, Path(save_model))
+    losses = model.losses
+    return {
+        "model_factor": model.factor,
+        "training_steps": len(losses),
+        "training_seconds": round(model.seconds, 2),
+        "training_loss_first_last": [losses[0], losses[-1]] if losses else None,
+        "saved_model": None if save_model is None else str(save_model),
+    }
+
+
+def iso(
+    volume: Volume,
+    *,
+    factor: float | None = None,
+    out_voxel_size: float | None = None,
+    method: str = "flow",
+    time_budget: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    model: str | Path | None = None,
+    save_model: str | Path | None = None,
+    uncertainty: str | Path | None = None,
+) -> tuple[Volume, Report]:
+    """Resample along z by ``factor`` or to ``out_voxel_size`` nm (output slice i*F sits at
+    input slice i). ``inr`` trains on the volume (or uses ``model``) and can save its weights
+    and write its per-voxel uncertainty volume."""
     voxel = volume.require_voxel_size("isotropic reconstruction")
-    out = iso_mod.interpolate_z(volume.numpy(), factor, method=method)
-    report = {
+    if (factor is None) == (out_voxel_size is None):
+        raise VemvizError("give exactly one of --factor and --out-voxel-size")
+    if out_voxel_size is not None:
+        factor = iso_mod.factor_for_spacing(voxel, out_voxel_size)
+    if method != "inr" and (model, save_model, uncertainty) != (None, None, None):
+        raise VemvizError("--model, --save-model and --uncertainty need --method inr")
+    result = iso_mod.reconstruct_z(
+        volume.numpy(), factor, method=method,
+        model=_learned_model(model, "iso", device), training=_training(time_budget, device, seed),
+    )  # fmt: skip
+    report: Report = {
         "method": method,
         "factor": factor,
         "slices_in": volume.shape[0],
-        "slices_out": out.shape[0],
+        "slices_out": result.data.shape[0],
     }
-    return volume.with_data(out, iso_mod.iso_voxel_size(voxel, factor), stage="iso"), report
+    out_voxel = iso_mod.iso_voxel_size(voxel, factor)
+    if result.model is not None:
+        report.update(_learned_report(result.model, save_model))
+    if uncertainty is not None and result.uncertainty is not None:
+        write_volume(Volume(result.uncertainty, out_voxel, {"stage": "iso-uncertainty"}),
+                     Path(uncertainty))  # fmt: skip
+        report["uncertainty"] = str(uncertainty)
+    return volume.with_data(result.data, out_voxel, stage="iso"), report
 
 
-def sr(volume: Volume, *, scale: float, method: str = "bicubic") -> tuple[Volume, Report]:
-    """Lateral (x, y) super-resolution by ``scale``."""
+def sr(
+    volume: Volume,
+    *,
+    scale: float,
+    method: str = "bicubic",
+    time_budget: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    model: str | Path | None = None,
+    save_model: str | Path | None = None,
+) -> tuple[Volume, Report]:
+    """Lateral (x, y) super-resolution by ``scale``; ``learned`` trains on the volume itself
+    (or uses ``model``) and can save its weights."""
     voxel = volume.require_voxel_size("super-resolution")
-    out = sr_mod.upscale_xy(volume.numpy(), scale, method=method)
-    report = {"method": method, "scale": scale, "shape_out": list(out.shape)}
+    if method != "learned" and (model, save_model) != (None, None):
+        raise VemvizError("--model and --save-model need --method learned")
+    out, trained = sr_mod.super_resolve(
+        volume.numpy(), scale, method=method,
+        model=_learned_model(model, "sr", device), training=_training(time_budget, device, seed),
+    )  # fmt: skip
+    report: Report = {"method": method, "scale": scale, "shape_out": list(out.shape)}
+    if trained is not None:
+        report.update(_learned_report(trained, save_model))
     return volume.with_data(out, sr_mod.sr_voxel_size(voxel, scale), stage="sr"), report
 
 
