@@ -166,7 +166,7 @@ def test_cli_plan_tiles_merge_round_trip(tmp_path, phantom):
         tifffile.imwrite(tiles_dir / entry["file"], tile)
     out = tmp_path / "merged.tif"
     merge = ["merge-reimage", str(tmp_path / "low.tif"), str(tiles_dir), "--plan", str(plan_path),
-             "--out", str(out)]  # fmt: skip
+             "--no-refit", "--out", str(out)]  # fmt: skip
     assert main(merge) == 0
     merged = read_volume(out)
     assert merged.voxel_size_nm == (40.0, 8.0, 8.0)
@@ -182,9 +182,33 @@ def test_cli_simulation_reports_quality_and_time(tmp_path, phantom):
     report = tmp_path / "report.json"
     args = ["plan-reimage", str(tmp_path / "hr.tif"), "--simulate", "--out",
             str(tmp_path / "plan.json"), "--tile", "32", "--budget", "0.2", "--report",
-            str(report), "--merged-out", str(tmp_path / "merged.tif")]  # fmt: skip
+            str(report), "--merged-out", str(tmp_path / "merged.tif"), "--time-budget", "10",
+            "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     figures = json.loads(report.read_text())
+    assert figures["refit"] is True
     assert figures["merged_psnr"] > figures["sr_psnr"] + 0.5
     assert figures["tiles"] == int(0.2 * figures["tiles_total"])
     assert read_volume(tmp_path / "merged.tif").shape == (4, 128, 128)
+
+
+@pytest.mark.realdata
+def test_refit_on_reimaged_tiles_beats_the_plans_sr(shared_data):
+    from vemviz.inr import Training
+
+    truth = tifffile.imread(shared_data / "flyem_medulla_10nm" / "raw.tif")[100:108, :128, :128]
+    low = reimage.area_downsample(truth, 4)
+    assessment = reimage.assess(low, (10.0, 40.0, 40.0), scale=4, tile=32)
+    plan = reimage.make_plan(assessment, budget=0.25)
+    tiles = reimage.truth_tiles(truth, plan)
+    training = Training(steps=300, time_budget=300, seed=0, device="cpu")
+    refit = reimage.refit_sr(low, tiles, 4, training)
+    assert refit.shape == assessment.sr.shape and refit.dtype == np.uint8
+    # Better everywhere, not only in the re-imaged tiles: away from them too.
+    away = np.ones(truth.shape, bool)
+    for entry in plan["tiles"]:
+        a0, a1, b0, b1 = entry["acquire_px"]
+        away[entry["slice"], a0:a1, b0:b1] = False
+    assert psnr(truth, refit, mask=away) > psnr(truth, assessment.sr, mask=away) + 0.25
+    with pytest.raises(VemvizError, match="at least"):
+        reimage.refit_sr(low, tiles[:3], 4, training)

@@ -228,7 +228,7 @@ def cmd_plan_reimage(args: argparse.Namespace) -> None:
                    sr_method=args.sr_method, target=args.target, dwell_ns=args.dwell_ns,
                    tile_overhead_s=args.tile_overhead_s)  # fmt: skip
     if args.simulate:
-        plan, merged, report = stages.simulate_reimage(volume, **options)
+        plan, merged, report = stages.simulate_reimage(volume, _merge_options(args), **options)
         if args.merged_out is not None:
             write_volume(merged, args.merged_out)
         _write_report(args.report, report)
@@ -244,15 +244,20 @@ def cmd_plan_reimage(args: argparse.Namespace) -> None:
            f"{100 * plan['time']['time_saved']:.1f} % imaging time saved")  # fmt: skip
 
 
+def _merge_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"refit": not args.no_refit, "time_budget": args.time_budget, "device": args.device,
+            "seed": args.seed}  # fmt: skip
+
+
 def cmd_merge_reimage(args: argparse.Namespace) -> None:
     plan = stages.read_reimage_plan(args.plan)
+    low = _read(args)
     sr_path = plan.get("sr_volume")
-    if sr_path and Path(sr_path).exists():
-        sr_volume = read_volume(sr_path)
-    else:
-        sr_volume = stages.sr(_read(args), scale=plan["scale"], method=plan["sr_method"])[0]
+    sr_volume = read_volume(sr_path) if sr_path and Path(sr_path).exists() else None
     tiles = stages.read_reimaged_tiles(args.tiles_dir, plan)
-    merged, report = stages.merge_reimage(sr_volume, plan, tiles)
+    merged, report = stages.merge_reimage(
+        low, plan, tiles, sr_volume=sr_volume, **_merge_options(args)
+    )
     _finish(args, merged, report)
 
 
@@ -277,7 +282,7 @@ def _add_common(
         parser.add_argument("--report", type=Path, metavar="JSON", help="write figures as JSON")
 
 
-def _add_learned(parser: argparse.ArgumentParser, method: str) -> None:
+def _add_learned(parser: argparse.ArgumentParser, method: str, model_files: bool = True) -> None:
     """Options of the self-supervised learned methods (training and model files)."""
     parser.add_argument(
         "--time-budget", type=float, metavar="SECONDS",
@@ -285,8 +290,15 @@ def _add_learned(parser: argparse.ArgumentParser, method: str) -> None:
     )  # fmt: skip
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0, help=f"{method}: training seed")
-    parser.add_argument("--model", type=Path, metavar="PATH", help="reuse saved weights")
-    parser.add_argument("--save-model", type=Path, metavar="PATH", help="save trained weights")
+    if model_files:
+        parser.add_argument("--model", type=Path, metavar="PATH", help="reuse saved weights")
+        parser.add_argument("--save-model", type=Path, metavar="PATH", help="save trained weights")
+
+
+def _add_refit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-refit", action="store_true",
+                        help="do not retrain the learned SR on the re-imaged tiles")  # fmt: skip
+    _add_learned(parser, "refit", model_files=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="LOWRES is a high-resolution volume: simulate scan, plan, re-imaging, merge",
     )
     p.add_argument("--merged-out", type=Path, metavar="OUT", help="with --simulate: merged volume")
+    _add_refit_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_plan_reimage)
 
@@ -459,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tiles_dir", type=Path, metavar="HIGHRES_TILES_DIR")
     p.add_argument("--plan", type=Path, required=True, metavar="PLAN.json")
     p.add_argument("--out", type=Path, required=True)
+    _add_refit_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_merge_reimage)
 

@@ -247,22 +247,26 @@ def plan_reimage(
     return plan, volume.with_data(assessment.sr, hr_voxel, stage="sr")
 
 
-def simulate_reimage(volume: Volume, **options: Any) -> tuple[dict[str, Any], Volume, Report]:
+def simulate_reimage(
+    volume: Volume, merge_options: dict[str, Any] | None = None, **options: Any
+) -> tuple[dict[str, Any], Volume, Report]:
     """The re-imaging loop on a high-resolution ``volume`` taken as the truth.
 
     The low-resolution scan is its area downsampling; the re-imaged tiles are cut from it with
-    a 2-pixel stage error. Returns the plan, the merged volume and the quality report.
+    a 2-pixel stage error. ``options`` go to `plan_reimage`, ``merge_options`` to
+    `merge_reimage`. Returns the plan, the merged volume and the quality report.
     """
+    merge_options = merge_options or {}
     from vemviz.metrics import psnr, ssim_slices
 
     voxel = volume.require_voxel_size("re-imaging plans (tile positions are in nm)")
     truth = volume.numpy()
     scale = int(options.get("scale", 4))
     low = reimage_mod.area_downsample(truth, scale)
-    plan, sr_volume = plan_reimage(Volume(low, (voxel[0], voxel[1] * scale, voxel[2] * scale)),
-                                   **options)  # fmt: skip
+    low_volume = Volume(low, (voxel[0], voxel[1] * scale, voxel[2] * scale))
+    plan, sr_volume = plan_reimage(low_volume, **options)
     tiles = reimage_mod.truth_tiles(truth, plan, stage_error_px=2.0)
-    merged, report = merge_reimage(sr_volume, plan, tiles)
+    merged, report = merge_reimage(low_volume, plan, tiles, sr_volume=sr_volume, **merge_options)
     ref = truth[:, : merged.shape[1], : merged.shape[2]]
     report.update(
         sr_psnr=psnr(ref, sr_volume.numpy()), merged_psnr=psnr(ref, merged.numpy()),
@@ -306,11 +310,34 @@ def read_reimaged_tiles(tiles_dir: Path, plan: dict[str, Any]) -> list[np.ndarra
 
 
 def merge_reimage(
-    sr_volume: Volume, plan: dict[str, Any], tiles: list[np.ndarray]
+    low: Volume,
+    plan: dict[str, Any],
+    tiles: list[np.ndarray],
+    *,
+    sr_volume: Volume | None = None,
+    refit: bool = True,
+    time_budget: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
 ) -> tuple[Volume, Report]:
-    """Register and blend re-imaged tiles into the super-resolved volume of the plan."""
-    merged, report = reimage_mod.merge_tiles(sr_volume.numpy(), plan, tiles)
-    return sr_volume.with_data(merged, stage="merge-reimage"), report
+    """Blend re-imaged tiles into the super-resolved scan; by default the SR is first refitted
+    on the tiles (`vemviz.reimage.refit_sr`). ``sr_volume`` is the plan's SR, else recomputed."""
+    scale = int(plan["scale"])
+    hr_voxel = sr_mod.sr_voxel_size(low.require_voxel_size("re-imaging"), scale)
+    report: Report = {"refit": False}
+    if refit and len(tiles) >= reimage_mod.MIN_REFIT_TILES:
+        training = _training(time_budget, device, seed)
+        upscaled = reimage_mod.refit_sr(low.numpy(), tiles, scale, training)
+        report["refit"] = True
+    else:
+        if refit:
+            report["refit_skipped"] = f"fewer than {reimage_mod.MIN_REFIT_TILES} tiles"
+        if sr_volume is None:
+            sr_volume = sr(low, scale=scale, method=plan["sr_method"])[0]
+        upscaled = sr_volume.numpy()
+    merged, merge_report = reimage_mod.merge_tiles(upscaled, plan, tiles)
+    report.update(merge_report)
+    return low.with_data(merged, hr_voxel, stage="merge-reimage"), report
 
 
 CLASS_OF_TARGET = {"mito": "mitochondrion", "cells": "cell"}
