@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vemviz import __version__, stages
+from vemviz import __version__, blockwise, stages
 from vemviz.errors import Cancelled, VemvizError
 from vemviz.io import format_of, read_volume, write_volume
 from vemviz.io.atomic import write_json
@@ -58,6 +58,21 @@ def _write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 def _read(args: argparse.Namespace, attribute: str = "input"):
     return read_volume(getattr(args, attribute), args.voxel_size)
+
+
+def _chunked(args: argparse.Namespace, volume, stage) -> bool:
+    """Run ``stage`` block by block when the volume exceeds --memory-budget; True if it ran."""
+    from vemviz import chunked
+
+    budget = chunked.parse_memory(args.memory_budget)
+    if volume.nbytes <= budget and args.scheduler is None:
+        return False
+    report = chunked.run_chunked(
+        stage, volume, args.out, memory_budget=budget, scheduler=args.scheduler
+    )
+    _write_report(args.report, report)
+    status(f"wrote {args.out} {report['shape_out']} in {report['blocks']} blocks")
+    return True
 
 
 def _finish(
@@ -105,6 +120,20 @@ def cmd_align(args: argparse.Namespace) -> None:
     from vemviz.restore import parse_slice_list
 
     volume = _read(args)
+    if args.transforms:
+        from vemviz.blockwise import AlignApplyBlocks
+        try:
+            transforms = json.loads(Path(args.transforms).read_text()).get("transforms")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise VemvizError(f"cannot read transforms from {args.transforms}: {exc}") from exc
+        if not transforms:
+            raise VemvizError(f"{args.transforms} holds no 'transforms' (an align --report)")
+        if not _chunked(args, volume, AlignApplyBlocks(transforms)):
+            from vemviz.align import apply_transforms
+
+            aligned = apply_transforms(volume.numpy(), transforms)
+            _finish(args, volume.with_data(aligned, stage="align"), {"transforms": transforms})
+        return
     skip = tuple(parse_slice_list(args.skip, volume.shape[0])) if args.skip else ()
     out, report = stages.align(volume, mode=args.mode, skip=skip)
     _finish(args, out, report)
@@ -115,18 +144,24 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
+    if _chunked(args, volume, blockwise.InpaintBlocks(slices, args.detect, args.method)):
+        return
     out, report = stages.inpaint(volume, slices=slices, detect=args.detect, method=args.method)
     _finish(args, out, report)
 
 
 def cmd_iso(args: argparse.Namespace) -> None:
     volume = _read(args)
+    if _chunked(args, volume, blockwise.IsoBlocks(args.factor, args.method)):
+        return
     out, report = stages.iso(volume, factor=args.factor, method=args.method)
     _finish(args, out, report)
 
 
 def cmd_sr(args: argparse.Namespace) -> None:
     volume = _read(args)
+    if _chunked(args, volume, blockwise.SrBlocks(args.scale, args.method)):
+        return
     out, report = stages.sr(volume, scale=args.scale, method=args.method)
     _finish(args, out, report)
 
@@ -136,6 +171,11 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
+    voxel = volume.require_voxel_size("segmentation (sizes are in nm)")
+    if prompts is None and args.model is None and _chunked(
+        args, volume, blockwise.SegmentBlocks(args.target, voxel)
+    ):
+        return
     labels, report = stages.segment(volume, target=args.target, prompts=prompts, model=args.model)
     if labels.numpy().max() == 0:
         raise VemvizError(f"segmentation found no {args.target} objects; nothing written")
@@ -201,6 +241,18 @@ def _add_common(
         parser.add_argument("--report", type=Path, metavar="JSON", help="write figures as JSON")
 
 
+def _add_scale(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--memory-budget", default="4GiB", metavar="SIZE",
+        help="inputs larger than this run block by block into OME-Zarr (default 4GiB)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run block by block on this dask.distributed scheduler (large inputs use "
+        "$VEMVIZ_SCHEDULER when set, else local threads)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vemviz",
@@ -228,7 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--mode", choices=("rigid", "affine", "elastic"), default="rigid")
     p.add_argument("--skip", metavar="SLICES", help="damaged sections to bridge, e.g. 3,17,40-42")
+    p.add_argument(
+        "--transforms", type=Path, metavar="JSON",
+        help="re-apply the transforms of an earlier align --report instead of registering",
+    )  # fmt: skip
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("inpaint", help="detect and restore damaged or missing slices")
@@ -238,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect", action="store_true", help="find damaged slices automatically")
     p.add_argument("--method", choices=("auto", "flow", "diffusion", "linear"), default="auto")
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("iso", help="isotropic reconstruction along z")
@@ -250,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training time limit for learned methods (inr)",
     )  # fmt: skip
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_iso)
 
     p = sub.add_parser("sr", help="lateral (x, y) super-resolution")
@@ -258,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, required=True)
     p.add_argument("--method", choices=("bicubic", "learned"), default="bicubic")
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_sr)
 
     p = sub.add_parser("segment", help="segment mitochondria or cells into instance labels")
@@ -267,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, metavar="PATH", help="a trained model (learned methods)")
     p.add_argument("--prompts", type=Path, metavar="JSON", help="points/boxes selecting objects")
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("mesh", help="mesh each label in physical units (GLB + manifest.json)")
