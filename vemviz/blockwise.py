@@ -52,7 +52,15 @@ from vemviz import restore as restore_mod
 from vemviz import segment as segment_mod
 from vemviz import sr as sr_mod
 from vemviz.chunked import (
-    BlockStage, Box, Grid, Runner, Work, lazy, read_box, region_of, write_block,
+    BlockStage,
+    Box,
+    Grid,
+    Runner,
+    Work,
+    lazy,
+    read_box,
+    region_of,
+    write_block,
 )  # fmt: skip
 from vemviz.errors import VemvizError
 from vemviz.volume import Volume, VoxelSize
@@ -121,7 +129,9 @@ class InpaintBlocks(BlockStage):
             raise VemvizError("nothing to inpaint: pass --slices 3,17,40-42 and/or --detect")
         bad = sorted(targets)
         if bad and len(bad) == volume.shape[0]:
-            raise VemvizError("every slice is marked damaged; there is no good slice to restore from")
+            raise VemvizError(
+                "every slice is marked damaged; there is no good slice to restore from"
+            )
         return replace(self, slices=tuple(bad), detect=False, detection=detection)
 
     def report(self) -> dict[str, Any]:
@@ -225,7 +235,9 @@ class SrBlocks(BlockStage):
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.scale) or self.scale < 1 or self.scale != round(self.scale):
-            raise VemvizError(f"chunked super-resolution needs an integer --scale, got {self.scale}")
+            raise VemvizError(
+                f"chunked super-resolution needs an integer --scale, got {self.scale}"
+            )
 
     @property
     def _s(self) -> int:
@@ -492,9 +504,7 @@ class SegmentBlocks(BlockStage):
 
     def labels(self, region: np.ndarray) -> np.ndarray:
         options = {} if self.threshold is None else {"threshold": self.threshold}
-        return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(
-            np.uint32
-        )
+        return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(np.uint32)
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         local = work.root / "local.zarr"

@@ -66,8 +66,8 @@ def parse_memory(text: str) -> int:
     if not match:
         raise VemvizError(f"--memory-budget must look like 4GiB or 512MiB, got {text!r}")
     value = float(match[1]) * _UNITS[match[2]]
-    if value < 2**20:
-        raise VemvizError(f"--memory-budget {text!r} is below 1 MiB")
+    if value < 2**16:
+        raise VemvizError(f"--memory-budget {text!r} is below 64 KiB")
     return int(value)
 
 

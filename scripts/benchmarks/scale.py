@@ -14,6 +14,7 @@ memory, and the results compared.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import zarr
 
 from benchmarks.common import ROOT, Result
 
@@ -72,7 +74,7 @@ def make_volume(shape: tuple[int, int, int], path: Path) -> list[int]:
     data = da.zeros(shape, dtype=np.uint8, chunks=chunks).map_blocks(block, dtype=np.uint8)
     create_store(path, shape, np.dtype(np.uint8), chunks, (40.0, 8.0, 8.0), path.name)
     with Runner(workers=os.cpu_count()) as runner:
-        runner.compute(da.to_zarr(data, str(path / "0"), compute=False))
+        runner.compute(da.to_zarr(data, zarr.open_array(str(path / "0"), mode="r+"), compute=False))
         build_pyramid(path, False, runner)
     return blank
 
@@ -88,10 +90,8 @@ def _tree_rss(roots: list[psutil.Process]) -> int:
             if proc.pid in seen:
                 continue
             seen.add(proc.pid)
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
-            except psutil.Error:
-                pass
     return total
 
 
@@ -136,7 +136,8 @@ def compare_small(tmp: Path, iso_method: str) -> list[str]:
     cases = [
         ("inpaint", blockwise.InpaintBlocks((9,), method="flow"),
          stages.inpaint(raw, slices=(9,), method="flow")[0]),
-        ("iso", blockwise.IsoBlocks(2.0, iso_method), stages.iso(raw, factor=2, method=iso_method)[0]),
+        ("iso", blockwise.IsoBlocks(2.0, iso_method),
+         stages.iso(raw, factor=2, method=iso_method)[0]),
         ("segment", blockwise.SegmentBlocks("mito", raw.voxel_size_nm),
          stages.segment(raw, target="mito")[0]),
     ]  # fmt: skip
@@ -191,7 +192,8 @@ def run(args: argparse.Namespace) -> Result:
                 rows.append({
                     "stage": name if name != "iso" else f"iso x2 ({args.iso_method})",
                     "workers": workers, "seconds": round(seconds, 1),
-                    "in MVox/s": round(mvox / seconds, 2), "out MVox/s": round(out_mvox / seconds, 2),
+                    "in MVox/s": round(mvox / seconds, 2),
+                    "out MVox/s": round(out_mvox / seconds, 2),
                     "peak RSS MiB (all processes)": round(peak), "load 1 min": round(load, 2),
                 })  # fmt: skip
                 print(rows[-1], flush=True)
@@ -205,7 +207,9 @@ def run(args: argparse.Namespace) -> Result:
         one = [r for r in rows if r["stage"].startswith(name) and r["workers"] == 1]
         two = [r for r in rows if r["stage"].startswith(name) and r["workers"] == 2]
         if one and two:
-            notes.append(f"{name}: 2 workers / 1 worker = {one[0]['seconds'] / two[0]['seconds']:.2f}x")
+            notes.append(
+                f"{name}: 2 workers / 1 worker = {one[0]['seconds'] / two[0]['seconds']:.2f}x"
+            )
     notes += equal
     if args.tmp is None:
         shutil.rmtree(tmp, ignore_errors=True)
