@@ -183,10 +183,13 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_mesh(args: argparse.Namespace) -> None:
+    from vemviz.chunked import parse_memory
+
     labels = _read(args, "labels")
     manifest = stages.mesh(
         labels, args.out, smooth=args.smooth, decimate=args.decimate, units=args.units,
         class_name=args.class_name, opacity=args.opacity, ply=args.ply,
+        memory_budget=parse_memory(args.memory_budget), scheduler=args.scheduler,
     )  # fmt: skip
     faces = sum(o["faces"] for o in manifest["objects"])
     status(f"wrote {len(manifest['objects'])} meshes ({faces} faces) to {args.out}")
@@ -340,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=float, help="material opacity (default 1, cells 0.35)")
     p.add_argument("--ply", action="store_true", help="also write PLY files")
     _add_common(p, report=False)
+    _add_scale(p)
     p.set_defaults(func=cmd_mesh)
 
     p = sub.add_parser("render", help="render a mesh folder with Blender (headless)")

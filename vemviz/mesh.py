@@ -16,6 +16,7 @@ glTF's +Y up frame, (X, Y, Z) = (x, z, -y). Colours are a stable function of the
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,20 @@ def srgb_to_linear(hex_color: str) -> list[float]:
     return [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
 
 
-def surface(mask: np.ndarray, spacing: VoxelSize, options: MeshOptions) -> pv.PolyData:
-    """Smoothed, decimated surface of a padded binary mask, vertices (x, y, z) in nm."""
+def marching_surface(mask: np.ndarray, spacing: VoxelSize) -> pv.PolyData:
+    """Marching-cubes surface of a padded binary mask, vertices (x, y, z) in nm."""
     verts, faces, _, _ = marching_cubes(mask.astype(np.float32), level=0.5, spacing=spacing)
+    return triangles(verts[:, ::-1], faces)
+
+
+def triangles(points_xyz: np.ndarray, faces: np.ndarray) -> pv.PolyData:
+    """A triangle mesh from (n, 3) points and (m, 3) vertex indices."""
     cells = np.hstack([np.full((len(faces), 1), 3), faces]).ravel()
-    poly = pv.PolyData(verts[:, ::-1].copy(), cells)
+    return pv.PolyData(np.ascontiguousarray(points_xyz, dtype=np.float32), cells)
+
+
+def refine_surface(poly: pv.PolyData, options: MeshOptions) -> pv.PolyData:
+    """Smoothed, decimated surface with consistent outward normals."""
     if options.smooth_iterations > 0:
         poly = poly.smooth_taubin(n_iter=options.smooth_iterations, pass_band=options.pass_band)
     reduction = options.decimate
@@ -77,6 +87,11 @@ def surface(mask: np.ndarray, spacing: VoxelSize, options: MeshOptions) -> pv.Po
     return poly.compute_normals(
         auto_orient_normals=True, consistent_normals=True, split_vertices=False
     )
+
+
+def surface(mask: np.ndarray, spacing: VoxelSize, options: MeshOptions) -> pv.PolyData:
+    """Smoothed, decimated surface of a padded binary mask, vertices (x, y, z) in nm."""
+    return refine_surface(marching_surface(mask, spacing), options)
 
 
 def to_trimesh(poly: pv.PolyData, scale: float) -> trimesh.Trimesh:
@@ -103,6 +118,24 @@ def _gltf_mesh(mesh: trimesh.Trimesh, color: str, opacity: float) -> trimesh.Tri
     return out
 
 
+def label_surfaces(
+    labels: np.ndarray, voxel_size_nm: VoxelSize, options: MeshOptions
+) -> Iterator[tuple[int, pv.PolyData | None]]:
+    """(label, surface in nm) for every label; None for labels below ``options.min_voxels``."""
+    boxes = ndi.find_objects(labels)
+    for i, box in enumerate(boxes):
+        if box is None:
+            continue
+        crop = labels[box] == i + 1
+        if np.count_nonzero(crop) < options.min_voxels:
+            yield i + 1, None
+            continue
+        origin = np.array([(s.start - 1) * v for s, v in zip(box, voxel_size_nm, strict=True)])
+        poly = surface(np.pad(crop, 1), voxel_size_nm, options)
+        poly.points += origin[::-1]
+        yield i + 1, poly
+
+
 def mesh_labels(
     labels: np.ndarray,
     voxel_size_nm: VoxelSize,
@@ -115,31 +148,48 @@ def mesh_labels(
 ) -> dict[str, Any]:
     """Mesh every non-zero label of ``labels`` into ``out_dir``; returns the manifest."""
     options = options or MeshOptions()
-    if options.units not in NM_PER_UNIT:
-        raise VemvizError(f"units must be one of {', '.join(NM_PER_UNIT)}, got {options.units!r}")
+    check_options(options)
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise VemvizError(f"labels must be an integer volume, got {labels.dtype}")
     if labels.ndim != 3:
         raise VemvizError(f"labels must be 3D (z, y, x), got shape {labels.shape}")
-    scale = NM_PER_UNIT[options.units]
     labels = labels.astype(np.int64, copy=False)
-    boxes = ndi.find_objects(labels)
-    ids = [i + 1 for i, box in enumerate(boxes) if box is not None]
-    if not ids:
+    count = sum(box is not None for box in ndi.find_objects(labels))
+    if not count:
         raise VemvizError("the label volume is empty (no non-zero voxels): nothing to mesh")
+    return write_meshes(
+        label_surfaces(labels, voxel_size_nm, options), count, out_dir, labels.shape,
+        voxel_size_nm, class_name=class_name, opacity=opacity, options=options,
+        write_ply=write_ply,
+    )  # fmt: skip
+
+
+def check_options(options: MeshOptions) -> None:
+    if options.units not in NM_PER_UNIT:
+        raise VemvizError(f"units must be one of {', '.join(NM_PER_UNIT)}, got {options.units!r}")
+
+
+def write_meshes(
+    surfaces: Iterable[tuple[int, pv.PolyData | None]],
+    count: int,
+    out_dir: str | Path,
+    volume_shape: tuple[int, ...],
+    voxel_size_nm: VoxelSize,
+    *,
+    class_name: str = "object",
+    opacity: float = 1.0,
+    options: MeshOptions,
+    write_ply: bool = False,
+) -> dict[str, Any]:
+    """Write one GLB (and PLY) per (label, surface in nm), the scene and the manifest."""
+    scale = NM_PER_UNIT[options.units]
     objects = []
     scene = trimesh.Scene()
     with atomic_path(out_dir) as temp:
         temp.mkdir()
-        for label in track(ids, f"meshing {len(ids)} labels"):
-            box = boxes[label - 1]
-            crop = labels[box] == label
-            if np.count_nonzero(crop) < options.min_voxels:
+        for label, poly in track(surfaces, f"meshing {count} labels", total=count):
+            if poly is None:
                 continue
-            padded = np.pad(crop, 1)
-            origin = np.array([(s.start - 1) * v for s, v in zip(box, voxel_size_nm, strict=True)])
-            poly = surface(padded, voxel_size_nm, options)
-            poly.points += origin[::-1]
             mesh = to_trimesh(poly, scale)
             color = label_color(label)
             name = f"{class_name} {label}"
@@ -167,14 +217,14 @@ def mesh_labels(
         scene.export(temp / "scene.glb", file_type="glb", include_normals=True)
         extent = [
             (s - 1) * v / scale
-            for s, v in zip(labels.shape[::-1], voxel_size_nm[::-1], strict=True)
+            for s, v in zip(volume_shape[::-1], voxel_size_nm[::-1], strict=True)
         ]
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "generator": f"vemviz {__version__}",
             "units": options.units,
             "voxel_size_nm": [float(v) for v in voxel_size_nm],
-            "volume_shape": [int(s) for s in labels.shape],
+            "volume_shape": [int(s) for s in volume_shape],
             "volume_bbox": {"min": [0.0, 0.0, 0.0], "max": [round(e, 6) for e in extent]},
             "coordinate_system": COORDINATE_SYSTEM,
             "scene": "scene.glb",
