@@ -44,12 +44,20 @@ def _chunked(stage, volume, tmp_path: Path, name: str = "out", **kw) -> np.ndarr
     ("stage", "reference"),
     [
         (InpaintBlocks((9,), method="flow"), lambda v: stages.inpaint(v, slices=(9,))[0]),
+        (InpaintBlocks(detect=True), lambda v: stages.inpaint(v, detect=True)[0]),
         (IsoBlocks(2.0, "flow"), lambda v: stages.iso(v, factor=2, method="flow")[0]),
         (IsoBlocks(3.0, "linear"), lambda v: stages.iso(v, factor=3, method="linear")[0]),
         (IsoBlocks(2.5, "cubic"), lambda v: stages.iso(v, factor=2.5, method="cubic")[0]),
         (SrBlocks(2.0), lambda v: stages.sr(v, scale=2)[0]),
     ],
-    ids=["inpaint-flow", "iso-flow-x2", "iso-linear-x3", "iso-cubic-x2.5", "sr-x2"],
+    ids=[
+        "inpaint-flow",
+        "inpaint-detect",
+        "iso-flow-x2",
+        "iso-linear-x3",
+        "iso-cubic-x2.5",
+        "sr-x2",
+    ],
 )
 def test_chunked_equals_in_memory(phantom, source, tmp_path, stage, reference) -> None:
     want = reference(phantom.raw)
