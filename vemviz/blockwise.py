@@ -61,6 +61,7 @@ from vemviz.chunked import (
     read_box,
     region_of,
     write_block,
+    write_levels,
 )  # fmt: skip
 from vemviz.errors import VemvizError
 from vemviz.volume import Volume, VoxelSize
@@ -367,10 +368,11 @@ class _RelabelTask:
     box: Box
     table: np.ndarray
     marker: Path
+    levels: int
 
     def __call__(self) -> int:
         local = read_box(self.local_store, "local", self.box)
-        write_block(self.store, "0", self.box, self.table[local])
+        write_levels(self.store, self.box, self.table[local], True, self.levels)
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.touch()
         return int(local.size)
@@ -532,7 +534,9 @@ class SegmentBlocks(BlockStage):
         object.__setattr__(self, "objects", objects)
         done = work.done("relabel", len(grid))
         relabel = [
-            _RelabelTask(local, work.store, grid.box(i), tables[i], work.marker("relabel", i))
+            _RelabelTask(
+                local, work.store, grid.box(i), tables[i], work.marker("relabel", i), grid.levels
+            )
             for i in range(len(grid))
             if not done[i]
         ]

@@ -18,13 +18,17 @@ Execution. Blocks run on a local thread pool, or, with ``--scheduler ADDRESS`` (
 store itself, so only small task descriptions and no voxels travel through the client.
 Progress is counted in finished blocks (`vemviz.progress.track`).
 
+Pyramid. The store is NGFF 0.5 with 2x lateral levels down to ~256 px (mean for images,
+nearest for labels) and voxel sizes in nm. Block starts in y and x are multiples of
+``2**levels`` and every level's chunks are split like the blocks, so each block task also
+writes its own share of every level: the pyramid costs no second pass over the data.
+
 Resume. Everything happens in a work folder beside the output (``.NAME.chunked``) holding the
 plan (stage, input, shapes, block grid), the output store and one empty marker file per
 finished block (written after the block's chunks). Running the same command again after an
 interruption skips the blocks that have markers; a different plan starts afresh. When every
-block is written, the lower pyramid levels (2x lateral, mean for images, nearest for labels,
-computed block by block with dask) are added, and the finished store is moved to the output
-name in one rename, so a reader never sees a half-written result under that name.
+block is written, the finished store is moved to the output name in one rename, so a reader
+never sees a half-written result under that name.
 """
 
 from __future__ import annotations
@@ -155,12 +159,28 @@ class Grid:
             for k, b, s in zip(self.index(i), self.block, self.shape, strict=True)
         )  # type: ignore[return-value]
 
-    def chunks(self) -> tuple[int, int, int]:
-        """zarr chunks: the block, with y/x split into 512 px where that still tiles blocks."""
+    @property
+    def levels(self) -> int:
+        """Pyramid levels below full resolution (`vemviz.io.zarr_io.pyramid_levels`)."""
+        return pyramid_levels(self.shape)
+
+    def chunks(self, level: int = 0) -> tuple[int, int, int]:
+        """zarr chunks of ``level``: the block (halved per level), y/x split into 512 px where
+        that still tiles the blocks, so every chunk of every level belongs to one block."""
         out = [self.block[0]]
         for b, s in zip(self.block[1:], self.shape[1:], strict=True):
-            out.append(_CHUNK_XY if b % _CHUNK_XY == 0 or (b >= s and s > _CHUNK_XY) else b)
-        return tuple(min(c, s) for c, s in zip(out, self.shape, strict=True))  # type: ignore[return-value]
+            whole = b >= s
+            b, s = max(b >> level, 1), max(s >> level, 1)
+            out.append(_CHUNK_XY if b % _CHUNK_XY == 0 or (whole and s > _CHUNK_XY) else b)
+        shape = _level_shape(self.shape, level)
+        return tuple(min(c, n) for c, n in zip(out, shape, strict=True))  # type: ignore[return-value]
+
+
+def _unit(stage: BlockStage, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Block multiples: the stage's, and 2**levels laterally so pyramid levels split evenly."""
+    step = 2 ** pyramid_levels(shape)
+    unit = stage.unit()
+    return (unit[0], math.lcm(unit[1], step), math.lcm(unit[2], step))
 
 
 def plan_grid(
@@ -172,7 +192,7 @@ def plan_grid(
 ) -> Grid:
     """Block grid for ``stage``: the given ``block``, or the largest one the budget allows."""
     shape = stage.out_shape(in_shape)
-    unit = stage.unit()
+    unit = _unit(stage, shape)
     if block is not None:
         chosen = [
             min(math.ceil(int(b) / u) * u, s) for b, u, s in zip(block, unit, shape, strict=True)
@@ -206,20 +226,16 @@ def _level_shape(shape: tuple[int, int, int], level: int) -> tuple[int, int, int
 
 
 def create_store(
-    path: Path, shape: tuple[int, int, int], dtype: np.dtype, chunks: tuple[int, int, int],
-    voxel: VoxelSize | None, name: str,
-) -> None:  # fmt: skip
+    path: Path, grid: Grid, dtype: np.dtype, voxel: VoxelSize | None, name: str
+) -> None:
     """An empty NGFF 0.5 multiscale image at ``path``: level 0 plus its pyramid levels."""
     fmt = FormatV05()
     root = zarr.group(store=parse_url(str(path), mode="w", fmt=fmt).store)
-    levels = pyramid_levels(shape)
     datasets = []
-    for level in range(levels + 1):
-        level_shape = _level_shape(shape, level)
+    for level in range(grid.levels + 1):
         root.create_array(
-            str(level), shape=level_shape, dtype=dtype, fill_value=0,
-            chunks=tuple(min(c, s) for c, s in zip(chunks, level_shape, strict=True)),
-            dimension_names=("z", "y", "x"),
+            str(level), shape=_level_shape(grid.shape, level), dtype=dtype, fill_value=0,
+            chunks=grid.chunks(level), dimension_names=("z", "y", "x"),
         )  # fmt: skip
         scale = [1.0, 2.0**level, 2.0**level]
         if voxel is not None:
@@ -232,9 +248,36 @@ def create_store(
     write_multiscales_metadata(root, datasets, fmt=fmt, axes="zyx", axes_units=units, name=name)
 
 
+def halve(values: np.ndarray, is_label: bool) -> np.ndarray:
+    """2x lateral downsampling (odd last rows/columns dropped): mean, or nearest for labels."""
+    h, w = values.shape[1] // 2, values.shape[2] // 2
+    if is_label:
+        return values[:, : 2 * h : 2, : 2 * w : 2]
+    blocks = values[:, : 2 * h, : 2 * w].reshape(values.shape[0], h, 2, w, 2)
+    mean = blocks.mean(axis=(2, 4), dtype=np.float32)
+    if np.issubdtype(values.dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(values.dtype)
+
+
 def write_block(store: Path, array: str, box: Box, values: np.ndarray) -> None:
     """Write ``values`` into ``store/array`` at ``box`` (a whole number of chunks)."""
     zarr.open_array(str(Path(store) / array), mode="r+")[box] = values
+
+
+def write_levels(store: Path, box: Box, values: np.ndarray, is_label: bool, levels: int) -> None:
+    """Write a block at full resolution and its share of every pyramid level.
+
+    Block starts are multiples of ``2**levels`` in y and x (`plan_grid`), so halving the
+    block gives exactly its part of each level.
+    """
+    write_block(store, "0", box, values)
+    for level in range(1, levels + 1):
+        values = halve(values, is_label)
+        z, y, x = box
+        box = (z, slice(y.start // 2, y.start // 2 + values.shape[1]),
+               slice(x.start // 2, x.start // 2 + values.shape[2]))  # fmt: skip
+        write_block(store, str(level), box, values)
 
 
 def read_box(store: Path, array: str, box: Box) -> np.ndarray:
@@ -373,6 +416,7 @@ class _BlockTask:
     box: Box
     store: Path
     marker: Path
+    levels: int
 
     def __call__(self) -> int:
         region = np.asarray(
@@ -380,7 +424,7 @@ class _BlockTask:
             else self.region
         )  # fmt: skip
         values = self.stage.compute(region, self.region_box, self.box)
-        write_block(self.store, "0", self.box, values)
+        write_levels(self.store, self.box, values, self.stage.is_label, self.levels)
         _mark(self.marker)
         return int(values.size)
 
@@ -419,28 +463,10 @@ def run_blocks(
         region_box = stage.source(box, volume.shape)
         tasks.append(_BlockTask(
             stage, region_of(data, region_box), region_box, box, work.store,
-            work.marker("blocks", i),
+            work.marker("blocks", i), grid.levels,
         ))  # fmt: skip
     runner.map(_call, tasks, f"{stage.name}: blocks ({len(grid) - len(tasks)} done before)")
     return len(tasks)
-
-
-def build_pyramid(store: Path, is_label: bool, runner: Runner) -> None:
-    """Fill levels 1.. of ``store`` from level 0 (2x lateral; mean, or nearest for labels)."""
-    level = 1
-    while (store / str(level)).exists():
-        source = da.from_zarr(str(store / str(level - 1)))
-        target = zarr.open_array(str(store / str(level)), mode="r+")
-        if is_label:
-            down = source[:, ::2, ::2]
-        else:
-            down = da.coarsen(np.mean, source.astype(np.float32), {1: 2, 2: 2}, trim_excess=True)
-        down = down[:, : target.shape[1], : target.shape[2]]
-        if np.issubdtype(target.dtype, np.integer) and not is_label:
-            down = da.round(down)
-        down = down.astype(target.dtype).rechunk(target.chunks)
-        runner.compute(da.to_zarr(down, target, compute=False))
-        level += 1
 
 
 def finish(work: Work, out: Path) -> None:
@@ -493,11 +519,10 @@ def run_chunked(
         resumed = work.open(plan)
         if not resumed:
             create_store(
-                work.store, grid.shape, stage.out_dtype(volume.dtype), grid.chunks(),
+                work.store, grid, stage.out_dtype(volume.dtype),
                 stage.voxel_size(volume.voxel_size_nm), Path(out).name,
             )  # fmt: skip
         computed = stage.execute(volume, work, grid, runner)
-        build_pyramid(work.store, stage.is_label, runner)
         finish(work, out)
     return {
         "chunked": True,

@@ -1,20 +1,22 @@
 """Chunked processing of a volume larger than the budget: peak memory, throughput, 1 vs 2 workers.
 
 A uint8 volume (default 256 x 2048 x 2048 = 1 GiB) is tiled from a 32 x 256 x 256 phantom
-(mirrored, so structures continue across tiles), with blank slices to inpaint, and written to a
-temporary OME-Zarr. Each stage runs through the CLI (``vemviz inpaint|iso|segment IN --out
-OUT.ome.zarr --memory-budget B --scheduler ADDRESS``) on a dask.distributed ``LocalCluster`` of
-1 or 2 single-threaded worker processes started here. Peak memory is the largest sum of the
-resident set sizes of every process of the run (the CLI, the workers, their nannies and this
-process holding the scheduler), sampled every 0.1 s from the OS (psutil). Throughput is output
-megavoxels per second of wall time. A small volume is also run chunked (small blocks) and in
-memory, and the results compared.
+(mirrored, so structures continue across tiles), with blank slices to inpaint, and written slab
+by slab to a temporary OME-Zarr. Each stage runs through the CLI (``vemviz inpaint|iso|segment
+IN --out OUT.ome.zarr --memory-budget B --scheduler ADDRESS``) on a dask.distributed cluster
+started here the way README describes (``dask scheduler`` and ``dask worker --nworkers N
+--nthreads 1``, 1 or 2 single-threaded worker processes). Peak memory is the largest sum of the
+resident set sizes of every process of the run (the CLI, the scheduler, the workers and their
+nannies), sampled every 0.1 s from the OS (psutil).
+Throughput is megavoxels per second of wall time (input and output voxels). A small volume is
+also run chunked (small blocks) and in memory, and the results compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,12 +24,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
-import zarr
 
 from benchmarks.common import ROOT, Result
 
@@ -49,9 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_volume(shape: tuple[int, int, int], path: Path) -> list[int]:
     """Write the tiled phantom to ``path`` (OME-Zarr) slab by slab; returns the blank slices."""
-    import dask.array as da
-
-    from vemviz.chunked import Runner, build_pyramid, create_store
+    from vemviz.chunked import Grid, create_store, write_levels
     from vemviz.phantom import make_phantom
 
     tile = make_phantom((32, 256, 256), (40.0, 8.0, 8.0), seed=3).raw.numpy()
@@ -59,23 +59,17 @@ def make_volume(shape: tuple[int, int, int], path: Path) -> list[int]:
     for axis in range(3):
         mirrored = np.concatenate([mirrored, np.flip(mirrored, axis)], axis=axis)
     blank = sorted({shape[0] // 5, shape[0] // 2, shape[0] // 2 + 1, (4 * shape[0]) // 5})
-
-    def block(_: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
-        (z0, z1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        zi, yi, xi = (np.arange(a, b) % m for (a, b), m in zip(
-            ((z0, z1), (y0, y1), (x0, x1)), mirrored.shape, strict=True))  # fmt: skip
-        out = mirrored[np.ix_(zi, yi, xi)].copy()
+    grid = Grid(shape, (32, shape[1], shape[2]))
+    create_store(path, grid, np.dtype(np.uint8), (40.0, 8.0, 8.0), path.name)
+    for i in range(len(grid)):
+        box = grid.box(i)
+        zi, yi, xi = (np.arange(b.start, b.stop) % m for b, m in zip(
+            box, mirrored.shape, strict=True))  # fmt: skip
+        slab = mirrored[np.ix_(zi, yi, xi)]
         for z in blank:
-            if z0 <= z < z1:
-                out[z - z0] = 0
-        return out
-
-    chunks = (32, 512, 512)
-    data = da.zeros(shape, dtype=np.uint8, chunks=chunks).map_blocks(block, dtype=np.uint8)
-    create_store(path, shape, np.dtype(np.uint8), chunks, (40.0, 8.0, 8.0), path.name)
-    with Runner(workers=os.cpu_count()) as runner:
-        runner.compute(da.to_zarr(data, zarr.open_array(str(path / "0"), mode="r+"), compute=False))
-        build_pyramid(path, False, runner)
+            if box[0].start <= z < box[0].stop:
+                slab[z - box[0].start] = 0
+        write_levels(path, box, slab, False, grid.levels)
     return blank
 
 
@@ -95,9 +89,41 @@ def _tree_rss(roots: list[psutil.Process]) -> int:
     return total
 
 
-def run_cli(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run the CLI; returns (seconds, peak MiB of this process tree incl. workers, stderr)."""
-    me = psutil.Process()
+@contextmanager
+def cluster(workers: int, folder: Path, env: dict[str, str]) -> Iterator[tuple[str, list]]:
+    """A dask scheduler and ``workers`` single-threaded worker processes (the README way)."""
+    dask = Path(sys.executable).with_name("dask")
+    info = folder / f"scheduler-{workers}.json"
+    info.unlink(missing_ok=True)
+    scheduler = subprocess.Popen(
+        [str(dask), "scheduler", "--scheduler-file", str(info), "--port", "0", "--no-dashboard"],
+        env=env, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while not info.exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    address = json.loads(info.read_text())["address"]
+    worker = subprocess.Popen(
+        [str(dask), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
+         "--memory-limit", "0", "--no-dashboard"],
+        env=env, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    from distributed import Client
+
+    with Client(address) as client:
+        client.wait_for_workers(workers, timeout=120)
+    try:
+        yield address, [psutil.Process(scheduler.pid), psutil.Process(worker.pid)]
+    finally:
+        for proc in (worker, scheduler):
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def run_cli(
+    command: list[str], env: dict[str, str], others: list[psutil.Process]
+) -> tuple[float, float, str]:
+    """Run the CLI; returns (seconds, peak MiB of it plus ``others`` and children, stderr)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "vemviz", *command], env=env, stderr=subprocess.PIPE, text=True
@@ -107,9 +133,14 @@ def run_cli(command: list[str], env: dict[str, str]) -> tuple[float, float, str]
 
     def sample() -> None:
         nonlocal peak
+        last = time.perf_counter()
         while not stop.is_set():
-            peak = max(peak, _tree_rss([me]))
+            peak = max(peak, _tree_rss([psutil.Process(proc.pid), *others]))
             time.sleep(0.1)
+            if time.perf_counter() - last > 60:  # for runs stopped before they finish
+                last = time.perf_counter()
+                print(f"  {command[0]}: {last - start:.0f} s, peak so far {peak / 2**20:.0f} MiB",
+                      flush=True)  # fmt: skip
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -157,8 +188,6 @@ def compare_small(tmp: Path, iso_method: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> Result:
-    from distributed import LocalCluster
-
     shape = tuple(int(v) for v in args.shape.split(","))
     tmp = args.tmp or Path(tempfile.mkdtemp(prefix="vemviz-scale-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -177,17 +206,14 @@ def run(args: argparse.Namespace) -> Result:
     stage_args["iso"] = [*STAGES["iso"], "--method", args.iso_method]
     for name in args.stages.split(","):
         for workers in (int(w) for w in args.workers.split(",")):
-            with LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                memory_limit=0,
-            ) as cluster:  # fmt: skip
+            with cluster(workers, tmp, env) as (address, processes):
                 out = tmp / f"{name}-{workers}.ome.zarr"
                 command = [
                     *stage_args[name][:1], str(source), *stage_args[name][1:], "--out", str(out),
-                    "--memory-budget", args.memory_budget, "--scheduler", cluster.scheduler_address,
+                    "--memory-budget", args.memory_budget, "--scheduler", address,
                 ]  # fmt: skip
                 load = os.getloadavg()[0]
-                seconds, peak, _ = run_cli(command, env)
+                seconds, peak, _ = run_cli(command, env, processes)
                 out_mvox = float(np.prod(__import__("vemviz").read_volume(out).shape)) / 1e6
                 rows.append({
                     "stage": name if name != "iso" else f"iso x2 ({args.iso_method})",
