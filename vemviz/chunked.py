@@ -52,9 +52,9 @@ from ome_zarr.format import FormatV05
 from ome_zarr.io import parse_url
 from ome_zarr.writer import write_multiscales_metadata
 
-from vemviz.errors import VemvizError
+from vemviz.errors import Cancelled, VemvizError
 from vemviz.io.zarr_io import pyramid_levels
-from vemviz.progress import track
+from vemviz.progress import status, track
 from vemviz.volume import Volume, VoxelSize
 
 Box = tuple[slice, slice, slice]
@@ -522,7 +522,12 @@ def run_chunked(
                 work.store, grid, stage.out_dtype(volume.dtype),
                 stage.voxel_size(volume.voxel_size_nm), Path(out).name,
             )  # fmt: skip
-        computed = stage.execute(volume, work, grid, runner)
+        try:
+            computed = stage.execute(volume, work, grid, runner)
+        except (KeyboardInterrupt, Cancelled):
+            status(f"interrupted: finished blocks are kept in {work.root}; "
+                   "run the same command again to resume")  # fmt: skip
+            raise
         finish(work, out)
     return {
         "chunked": True,

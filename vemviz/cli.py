@@ -122,6 +122,7 @@ def cmd_align(args: argparse.Namespace) -> None:
     volume = _read(args)
     if args.transforms:
         from vemviz.blockwise import AlignApplyBlocks
+
         try:
             transforms = json.loads(Path(args.transforms).read_text()).get("transforms")
         except (OSError, ValueError, AttributeError) as exc:
@@ -172,8 +173,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
     volume = _read(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
     voxel = volume.require_voxel_size("segmentation (sizes are in nm)")
-    if prompts is None and args.model is None and _chunked(
-        args, volume, blockwise.SegmentBlocks(args.target, voxel)
+    if (
+        prompts is None
+        and args.model is None
+        and _chunked(args, volume, blockwise.SegmentBlocks(args.target, voxel))
     ):
         return
     labels, report = stages.segment(volume, target=args.target, prompts=prompts, model=args.model)
