@@ -471,13 +471,20 @@ def mito_threshold(data: Any, voxel: VoxelSize, runner: Runner) -> float:
 @dataclass(frozen=True)
 class SegmentBlocks(BlockStage):
     target: str = "mito"
-    voxel: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    voxel: VoxelSize | None = None
     halo_nm: float = 400.0
     threshold: float | None = None
     name = "segment"
     is_label = True
     bytes_per_voxel = 160.0
     objects: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.voxel is None:
+            raise VemvizError(
+                "segmentation needs the voxel size (sizes are in nm), and the input carries "
+                "none: pass --voxel-size Z,Y,X in nm (for example --voxel-size 40,8,8)"
+            )
 
     def out_dtype(self, dtype: np.dtype) -> np.dtype:
         return np.dtype(np.uint32)

@@ -14,7 +14,7 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +60,15 @@ def _read(args: argparse.Namespace, attribute: str = "input"):
     return read_volume(getattr(args, attribute), args.voxel_size)
 
 
-def _chunked(args: argparse.Namespace, volume, stage) -> bool:
-    """Run ``stage`` block by block when the volume exceeds --memory-budget; True if it ran."""
+def _chunked(args: argparse.Namespace, volume, stage: Callable[[], Any]) -> bool:
+    """Run ``stage()`` block by block when the volume exceeds --memory-budget; True if it ran."""
     from vemviz import chunked
 
     budget = chunked.parse_memory(args.memory_budget)
     if volume.nbytes <= budget and args.scheduler is None:
         return False
     report = chunked.run_chunked(
-        stage, volume, args.out, memory_budget=budget, scheduler=args.scheduler
+        stage(), volume, args.out, memory_budget=budget, scheduler=args.scheduler
     )
     _write_report(args.report, report)
     status(f"wrote {args.out} {report['shape_out']} in {report['blocks']} blocks")
@@ -129,7 +129,7 @@ def cmd_align(args: argparse.Namespace) -> None:
             raise VemvizError(f"cannot read transforms from {args.transforms}: {exc}") from exc
         if not transforms:
             raise VemvizError(f"{args.transforms} holds no 'transforms' (an align --report)")
-        if not _chunked(args, volume, AlignApplyBlocks(transforms)):
+        if not _chunked(args, volume, lambda: AlignApplyBlocks(transforms)):
             from vemviz.align import apply_transforms
 
             aligned = apply_transforms(volume.numpy(), transforms)
@@ -145,7 +145,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
-    if _chunked(args, volume, blockwise.InpaintBlocks(slices, args.detect, args.method)):
+    if _chunked(args, volume, lambda: blockwise.InpaintBlocks(slices, args.detect, args.method)):
         return
     out, report = stages.inpaint(volume, slices=slices, detect=args.detect, method=args.method)
     _finish(args, out, report)
@@ -153,7 +153,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
 def cmd_iso(args: argparse.Namespace) -> None:
     volume = _read(args)
-    if _chunked(args, volume, blockwise.IsoBlocks(args.factor, args.method)):
+    if _chunked(args, volume, lambda: blockwise.IsoBlocks(args.factor, args.method)):
         return
     out, report = stages.iso(volume, factor=args.factor, method=args.method)
     _finish(args, out, report)
@@ -161,7 +161,7 @@ def cmd_iso(args: argparse.Namespace) -> None:
 
 def cmd_sr(args: argparse.Namespace) -> None:
     volume = _read(args)
-    if _chunked(args, volume, blockwise.SrBlocks(args.scale, args.method)):
+    if _chunked(args, volume, lambda: blockwise.SrBlocks(args.scale, args.method)):
         return
     out, report = stages.sr(volume, scale=args.scale, method=args.method)
     _finish(args, out, report)
@@ -172,13 +172,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
-    voxel = volume.require_voxel_size("segmentation (sizes are in nm)")
-    if (
-        prompts is None
-        and args.model is None
-        and _chunked(args, volume, blockwise.SegmentBlocks(args.target, voxel))
-    ):
-        return
+    if prompts is None and args.model is None:
+        voxel = volume.voxel_size_nm
+        if _chunked(args, volume, lambda: blockwise.SegmentBlocks(args.target, voxel)):
+            return
     labels, report = stages.segment(volume, target=args.target, prompts=prompts, model=args.model)
     if labels.numpy().max() == 0:
         raise VemvizError(f"segmentation found no {args.target} objects; nothing written")
