@@ -411,7 +411,7 @@ def _mark(marker: Path) -> None:
 @dataclass(frozen=True)
 class _BlockTask:
     stage: BlockStage
-    region: Any  # the input box as a (lazy) array
+    region: da.Array  # the input box, lazily
     region_box: Box
     box: Box
     store: Path
@@ -419,10 +419,7 @@ class _BlockTask:
     levels: int
 
     def __call__(self) -> int:
-        region = np.asarray(
-            self.region.compute(scheduler="synchronous") if hasattr(self.region, "dask")
-            else self.region
-        )  # fmt: skip
+        region = np.asarray(self.region.compute(scheduler="synchronous"))
         values = self.stage.compute(region, self.region_box, self.box)
         write_levels(self.store, self.box, values, self.stage.is_label, self.levels)
         _mark(self.marker)
