@@ -127,7 +127,7 @@ def mesh(
     """Mesh a label volume into ``out_dir``; returns the manifest.
 
     Label volumes larger than ``memory_budget`` bytes (or any, with a dask ``scheduler``) are
-    meshed by blocks (`vemviz.blockmesh`), which gives the same surfaces.
+    meshed by blocks (`vemviz.blockmesh`), from the same marching-cubes surfaces.
     """
     voxel = labels.require_voxel_size("meshing in physical units")
     target = labels.metadata.get("target")
