@@ -118,7 +118,7 @@ class InpaintBlocks(BlockStage):
     detection: dict[str, Any] | None = field(default=None, compare=False)
     name = "inpaint"
     full_planes = True
-    bytes_per_voxel = 24.0
+    bytes_per_voxel = 4.0  # the slab and its copy; the few float planes of a filled slice
 
     def prepare(self, volume: Volume, runner: Runner) -> InpaintBlocks:
         targets = set(self.slices)
@@ -179,7 +179,6 @@ class IsoBlocks(BlockStage):
     factor: float = 2.0
     method: str = "flow"
     name = "iso"
-    bytes_per_voxel = 24.0
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.factor) or self.factor < 1:
@@ -189,6 +188,11 @@ class IsoBlocks(BlockStage):
     @property
     def full_planes(self) -> bool:  # type: ignore[override]
         return self.method == "flow"
+
+    @property
+    def bytes_per_voxel(self) -> float:  # type: ignore[override]
+        """Linear: float32 blend + output; cubic: spline coefficients; flow: flow fields."""
+        return 8.0 if self.method == "linear" else 24.0
 
     @property
     def _pq(self) -> tuple[int, int]:
