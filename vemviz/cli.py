@@ -14,11 +14,11 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vemviz import __version__, stages
+from vemviz import __version__, blockwise, stages
 from vemviz.errors import Cancelled, VemvizError
 from vemviz.io import format_of, read_volume, write_volume
 from vemviz.io.atomic import write_json
@@ -58,6 +58,21 @@ def _write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 def _read(args: argparse.Namespace, attribute: str = "input"):
     return read_volume(getattr(args, attribute), args.voxel_size)
+
+
+def _chunked(args: argparse.Namespace, volume, stage: Callable[[], Any]) -> bool:
+    """Run ``stage()`` block by block when the volume exceeds --memory-budget; True if it ran."""
+    from vemviz import chunked
+
+    budget = chunked.parse_memory(args.memory_budget)
+    if volume.nbytes <= budget and args.scheduler is None:
+        return False
+    report = chunked.run_chunked(
+        stage(), volume, args.out, memory_budget=budget, scheduler=args.scheduler
+    )
+    _write_report(args.report, report)
+    status(f"wrote {args.out} {report['shape_out']} in {report['blocks']} blocks")
+    return True
 
 
 def _finish(
@@ -119,10 +134,11 @@ def cmd_align(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     if args.apply_transforms:
-        out, report = stages.apply_alignment(
-            volume, _read_transforms(args.apply_transforms), order=args.order
-        )
-        _finish(args, out, report, is_label=args.order == 0)
+        transforms = _read_transforms(args.apply_transforms)
+        stage = lambda: blockwise.AlignApplyBlocks(transforms, order=args.order)  # noqa: E731
+        if not _chunked(args, volume, stage):
+            out, report = stages.apply_alignment(volume, transforms, order=args.order)
+            _finish(args, out, report, is_label=args.order == 0)
         return
     skip = tuple(parse_slice_list(args.skip, volume.shape[0])) if args.skip else ()
     out, report = stages.align(volume, mode=args.mode, skip=skip, smooth=args.smooth)
@@ -137,12 +153,17 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
+    if _chunked(args, volume, lambda: blockwise.InpaintBlocks(slices, args.detect, args.method)):
+        return
     out, report = stages.inpaint(volume, slices=slices, detect=args.detect, method=args.method)
     _finish(args, out, report)
 
 
 def cmd_iso(args: argparse.Namespace) -> None:
     volume = _read(args)
+    chunkable = args.method != "inr" and args.factor is not None
+    if chunkable and _chunked(args, volume, lambda: blockwise.IsoBlocks(args.factor, args.method)):
+        return
     out, report = stages.iso(
         volume, factor=args.factor, out_voxel_size=args.out_voxel_size, method=args.method,
         time_budget=args.time_budget, device=args.device, seed=args.seed, model=args.model,
@@ -153,6 +174,9 @@ def cmd_iso(args: argparse.Namespace) -> None:
 
 def cmd_sr(args: argparse.Namespace) -> None:
     volume = _read(args)
+    chunkable = args.method != "learned"
+    if chunkable and _chunked(args, volume, lambda: blockwise.SrBlocks(args.scale, args.method)):
+        return
     out, report = stages.sr(
         volume, scale=args.scale, method=args.method, time_budget=args.time_budget,
         device=args.device, seed=args.seed, model=args.model, save_model=args.save_model,
@@ -165,6 +189,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
+    if prompts is None and args.model is None:
+        voxel = volume.voxel_size_nm
+        if _chunked(args, volume, lambda: blockwise.SegmentBlocks(args.target, voxel)):
+            return
     labels, report = stages.segment(volume, target=args.target, prompts=prompts, model=args.model)
     if labels.numpy().max() == 0:
         raise VemvizError(f"segmentation found no {args.target} objects; nothing written")
@@ -172,11 +200,14 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_mesh(args: argparse.Namespace) -> None:
+    from vemviz.chunked import parse_memory
+
     labels = _read(args, "labels")
     manifest = stages.mesh(
         labels, args.out, smooth=args.smooth, decimate=args.decimate, units=args.units,
         class_name=args.class_name, opacity=args.opacity, ply=args.ply, workers=args.workers,
-        largest=args.largest,
+        largest=args.largest, memory_budget=parse_memory(args.memory_budget),
+        scheduler=args.scheduler,
     )  # fmt: skip
     faces = sum(o["faces"] for o in manifest["objects"])
     status(f"wrote {len(manifest['objects'])} meshes ({faces} faces) to {args.out}")
@@ -301,6 +332,18 @@ def _add_refit_options(parser: argparse.ArgumentParser) -> None:
     _add_learned(parser, "refit", model_files=False)
 
 
+def _add_scale(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--memory-budget", default="4GiB", metavar="SIZE",
+        help="inputs larger than this run block by block into OME-Zarr (default 4GiB)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run block by block on this dask.distributed scheduler (large inputs use "
+        "$VEMVIZ_SCHEDULER when set, else local threads)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vemviz",
@@ -357,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpolation for --apply-transforms (0 = nearest, for labels)",
     )
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("inpaint", help="detect and restore damaged or missing slices")
@@ -366,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect", action="store_true", help="find damaged slices automatically")
     p.add_argument("--method", choices=("auto", "flow", "diffusion", "linear"), default="auto")
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("iso", help="isotropic reconstruction along z")
@@ -382,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_learned(p, "inr")
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_iso)
 
     p = sub.add_parser("sr", help="lateral (x, y) super-resolution")
@@ -391,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("bicubic", "learned"), default="bicubic")
     _add_learned(p, "learned")
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_sr)
 
     p = sub.add_parser("segment", help="segment mitochondria or cells into instance labels")
@@ -400,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, metavar="PATH", help="a trained model (learned methods)")
     p.add_argument("--prompts", type=Path, metavar="JSON", help="points/boxes selecting objects")
     _add_common(p)
+    _add_scale(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("mesh", help="mesh each label in physical units (GLB + manifest.json)")
@@ -414,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     p.add_argument("--largest", type=int, metavar="N", help="mesh only the N largest labels")
     _add_common(p, report=False)
+    _add_scale(p)
     p.set_defaults(func=cmd_mesh)
 
     p = sub.add_parser("render", help="render a mesh folder with Blender (headless)")

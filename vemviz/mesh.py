@@ -36,7 +36,7 @@ import math
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +195,13 @@ def object_surface(
     """Surface at `LEVEL` of a field with a background margin: (x, y, z) nm points, faces."""
     verts, faces, _, _ = marching_cubes(field, level=LEVEL, spacing=spacing)
     points = verts[:, ::-1].astype(np.float64) + origin_nm[::-1]
-    faces = faces.astype(np.int32)
+    return refine(points, faces.astype(np.int32), options)
+
+
+def refine(
+    points: np.ndarray, faces: np.ndarray, options: MeshOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth, decimate (keeping the surface closed) and wind the faces outwards."""
     if options.smooth_iterations > 0:
         points = smooth(points, faces, options.smooth_iterations, options.pass_band)
     target = min(round(len(faces) * (1.0 - options.decimate)), options.max_faces)
@@ -351,13 +357,11 @@ def mesh_labels(
     ``largest`` meshes only that many labels, those with the most voxels (for figures).
     """
     options = options or MeshOptions()
-    if options.units not in NM_PER_UNIT:
-        raise VemvizError(f"units must be one of {', '.join(NM_PER_UNIT)}, got {options.units!r}")
+    check_options(options)
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise VemvizError(f"labels must be an integer volume, got {labels.dtype}")
     if labels.ndim != 3:
         raise VemvizError(f"labels must be 3D (z, y, x), got shape {labels.shape}")
-    scale = NM_PER_UNIT[options.units]
     labels = np.ascontiguousarray(labels.view(np.uint8) if labels.dtype == bool else labels)
     boxes = ndi.find_objects(labels)
     ids = [i + 1 for i, box in enumerate(boxes) if box is not None]
@@ -369,17 +373,41 @@ def mesh_labels(
         values, counts = np.unique(labels[labels != 0], return_counts=True)
         ids = sorted(int(v) for v in values[np.argsort(-counts, kind="stable")[:largest]])
     spacing = tuple(float(v) for v in voxel_size_nm)
+    with surface_mapper(labels, boxes, spacing, options, len(ids)) as surfaces:
+        return write_meshes(
+            surfaces(by_box_size(ids, boxes)), len(ids), out_dir, labels.shape, spacing,
+            class_name=class_name, opacity=opacity, options=options, write_ply=write_ply,
+        )  # fmt: skip
+
+
+def check_options(options: MeshOptions) -> None:
+    if options.units not in NM_PER_UNIT:
+        raise VemvizError(f"units must be one of {', '.join(NM_PER_UNIT)}, got {options.units!r}")
+
+
+def write_meshes(
+    surfaces: Iterable[Surface | None],
+    count: int,
+    out_dir: str | Path,
+    volume_shape: tuple[int, ...],
+    voxel_size_nm: VoxelSize,
+    *,
+    class_name: str = "object",
+    opacity: float = 1.0,
+    options: MeshOptions,
+    write_ply: bool = False,
+) -> dict[str, Any]:
+    """Write one GLB (and PLY) per surface as it arrives, the scene and the manifest."""
+    scale = NM_PER_UNIT[options.units]
     entries = {}
     meshes = {}
     with atomic_path(out_dir) as temp:
         temp.mkdir()
-        with surface_mapper(labels, boxes, spacing, options, len(ids)) as surfaces:
-            work = surfaces(by_box_size(ids, boxes))
-            for surface in track(work, f"meshing {len(ids)} labels", total=len(ids)):
-                if surface is not None:
-                    entries[surface.label], meshes[surface.label] = _write_object(
-                        temp, surface, scale, class_name, opacity, write_ply
-                    )
+        for surface in track(surfaces, f"meshing {count} labels", total=count):
+            if surface is not None:
+                entries[surface.label], meshes[surface.label] = _write_object(
+                    temp, surface, scale, class_name, opacity, write_ply
+                )
         if not entries:
             raise VemvizError(
                 f"every label is smaller than {options.min_voxels} voxels: nothing to mesh"
@@ -391,14 +419,14 @@ def mesh_labels(
         scene.export(temp / "scene.glb", file_type="glb", include_normals=True)
         extent = [
             (s - 1) * v / scale
-            for s, v in zip(labels.shape[::-1], voxel_size_nm[::-1], strict=True)
+            for s, v in zip(volume_shape[::-1], voxel_size_nm[::-1], strict=True)
         ]
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "generator": f"vemviz {__version__}",
             "units": options.units,
             "voxel_size_nm": [float(v) for v in voxel_size_nm],
-            "volume_shape": [int(s) for s in labels.shape],
+            "volume_shape": [int(s) for s in volume_shape],
             "volume_bbox": {"min": [0.0, 0.0, 0.0], "max": [round(e, 6) for e in extent]},
             "coordinate_system": COORDINATE_SYSTEM,
             "scene": "scene.glb",

@@ -77,6 +77,11 @@ def split_touching(
     return labels.astype(np.uint32)
 
 
+def smooth_mito(image: np.ndarray, voxel_size_nm: VoxelSize, smooth_nm: float = 12.0) -> np.ndarray:
+    """The anisotropic Gaussian smoothing that `segment_mito` thresholds (float32)."""
+    return ndi.gaussian_filter(image.astype(np.float32), _sigma_voxels(smooth_nm, voxel_size_nm))
+
+
 def segment_mito(
     image: np.ndarray,
     voxel_size_nm: VoxelSize,
@@ -84,10 +89,16 @@ def segment_mito(
     smooth_nm: float = 12.0,
     opening_nm: float = 40.0,
     min_volume_nm3: float = 1.5e6,
+    threshold: float | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Mitochondria instance labels (uint32) and a report with the threshold used."""
-    smooth = ndi.gaussian_filter(image.astype(np.float32), _sigma_voxels(smooth_nm, voxel_size_nm))
-    threshold = float(threshold_otsu(smooth[imaged_slices(image)]))
+    """Mitochondria instance labels (uint32) and a report with the threshold used.
+
+    ``threshold`` (on the smoothed image) replaces Otsu's, e.g. one computed over a whole
+    volume that is segmented block by block.
+    """
+    smooth = smooth_mito(image, voxel_size_nm, smooth_nm)
+    if threshold is None:
+        threshold = float(threshold_otsu(smooth[imaged_slices(image)]))
     mask = smooth < threshold
     mask = ndi.binary_opening(mask, structure=_ball(opening_nm, voxel_size_nm))
     mask = remove_small_objects(mask, max_size=_min_voxels(min_volume_nm3, voxel_size_nm))
@@ -191,11 +202,11 @@ def select_by_prompts(labels: np.ndarray, prompts: dict[str, Any]) -> np.ndarray
 
 
 def segment(
-    image: np.ndarray, voxel_size_nm: VoxelSize, target: str
+    image: np.ndarray, voxel_size_nm: VoxelSize, target: str, **options: Any
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Instance labels for ``target`` ("mito" or "cells")."""
+    """Instance labels for ``target`` ("mito" or "cells"); ``options`` go to its function."""
     if target == "mito":
-        return segment_mito(image, voxel_size_nm)
+        return segment_mito(image, voxel_size_nm, **options)
     if target == "cells":
-        return segment_cells(image, voxel_size_nm)
+        return segment_cells(image, voxel_size_nm, **options)
     raise VemvizError(f"unknown segmentation target {target!r}; choose one of {', '.join(TARGETS)}")

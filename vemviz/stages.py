@@ -355,8 +355,14 @@ def mesh(
     ply: bool = False,
     workers: int = 0,
     largest: int | None = None,
+    memory_budget: int | None = None,
+    scheduler: str | None = None,
 ) -> Report:
-    """Mesh a label volume into ``out_dir``; returns the manifest."""
+    """Mesh a label volume into ``out_dir``; returns the manifest.
+
+    Label volumes larger than ``memory_budget`` bytes (or any, with a dask ``scheduler``) are
+    meshed by blocks (`vemviz.blockmesh`), from the same marching-cubes surfaces.
+    """
     voxel = labels.require_voxel_size("meshing in physical units")
     target = labels.metadata.get("target")
     class_name = class_name or CLASS_OF_TARGET.get(target, "object")
@@ -365,6 +371,13 @@ def mesh(
     options = mesh_mod.MeshOptions(
         smooth_iterations=smooth, decimate=decimate, units=units, workers=workers
     )
+    if scheduler is not None or (memory_budget is not None and labels.nbytes > memory_budget):
+        from vemviz.blockmesh import mesh_blocks
+
+        return mesh_blocks(
+            labels, Path(out_dir), class_name=class_name, opacity=opacity, options=options,
+            write_ply=ply, memory_budget=memory_budget or labels.nbytes, scheduler=scheduler,
+        )  # fmt: skip
     return mesh_mod.mesh_labels(
         labels.numpy(), voxel, out_dir, class_name=class_name, opacity=opacity,
         options=options, write_ply=ply, largest=largest,

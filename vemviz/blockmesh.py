@@ -1,0 +1,185 @@
+"""Meshing label volumes larger than memory: marching cubes by blocks, welded per object.
+
+Method. Marching cubes builds a surface cube by cube: the triangles of one cube depend only on
+the label values at its eight corners (skimage's Lewiner variant resolves ambiguous cubes from
+those values too). The label volume, padded conceptually with one voxel of background on every
+side (as `vemviz.mesh` pads each object's box, so every object is closed), is cut into blocks
+of samples that overlap by one voxel layer with the next block, so the blocks' cubes tile the
+volume's cubes exactly once. Each block runs marching cubes for every label in it (on the
+label's box inside the block) and keeps the triangles with vertices as integer keys: for a
+binary mask at level 0.5 every vertex is the midpoint of a cube edge, so twice its global
+coordinate is an integer, and a vertex on a block face gets the same key from both blocks.
+
+Merging. All pieces of one label are concatenated and vertices with equal keys welded
+(`numpy.unique`), which reproduces the whole-volume marching-cubes surface of that object
+exactly -- no cracks, no duplicated faces, one mesh per id -- before the usual smoothing,
+decimation and export of `vemviz.mesh` (`refine`, `write_meshes`). Blocks run locally
+or on a dask.distributed cluster (`vemviz.chunked.Runner`); memory is bounded by the block size
+plus the raw marching-cubes surfaces of the objects (about 40 bytes per vertex), not by the
+volume.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.measure import marching_cubes
+
+from vemviz import mesh as mesh_mod
+from vemviz.chunked import Box, Grid, Runner, lazy, region_of
+from vemviz.errors import VemvizError
+from vemviz.volume import Volume, VoxelSize
+
+_BYTES_PER_VOXEL = 48.0
+
+
+@dataclass(frozen=True)
+class _MeshTask:
+    """Marching cubes for every label of one block of the padded volume."""
+
+    region: Any  # labels of the block's samples that lie inside the volume
+    pad_before: tuple[int, int, int]  # background samples before the region (volume border)
+    pad_after: tuple[int, int, int]
+    origin: tuple[int, int, int]  # padded-volume index of the first sample
+    core: Box  # the samples this block owns (for voxel counts), local to its samples
+    out: Path
+
+    def __call__(self) -> int:
+        labels = np.asarray(self.region.compute(scheduler="synchronous")).astype(np.int64)
+        samples = np.pad(labels, list(zip(self.pad_before, self.pad_after, strict=True)))
+        counts = np.bincount(samples[self.core].ravel())
+        pieces: dict[str, np.ndarray] = {}
+        for index, box in enumerate(ndi.find_objects(samples)):
+            if box is None:
+                continue
+            label = index + 1
+            grown = tuple(
+                slice(max(s.start - 1, 0), min(s.stop + 1, n))
+                for s, n in zip(box, samples.shape, strict=True)
+            )
+            mask = samples[grown] == label
+            if mask.all() or min(mask.shape) < 2:
+                continue
+            verts, faces, _, _ = marching_cubes(mask.astype(np.float32), level=0.5)
+            start = np.array([s.start for s in grown]) + np.array(self.origin)
+            keys = np.rint((verts + start) * 2).astype(np.int64)
+            pieces[f"k{label}"] = keys
+            pieces[f"f{label}"] = faces.astype(np.int32)
+        voxels = np.flatnonzero(counts[1:]) + 1
+        np.savez(self.out, voxels=np.stack([voxels, counts[voxels]]), **pieces)
+        return len(pieces) // 2
+
+
+def _call(task: Any) -> Any:
+    return task()
+
+
+def _tasks(data: Any, grid: Grid, folder: Path) -> list[_MeshTask]:
+    """One task per block of the padded volume's samples (blocks overlap by one layer)."""
+    shape = tuple(s - 2 for s in grid.shape)
+    tasks = []
+    for i in range(len(grid)):
+        box = grid.box(i)
+        samples = [(b.start, min(b.stop + 1, n)) for b, n in zip(box, grid.shape, strict=True)]
+        # padded index p is volume index p - 1
+        inside = [(max(a - 1, 0), min(b - 1, n)) for (a, b), n in zip(samples, shape, strict=True)]
+        before = tuple(max(1 - a, 0) for a, _ in samples)
+        after = tuple((b - a) - (hi - lo) - pre for (a, b), (lo, hi), pre in zip(
+            samples, inside, before, strict=True))  # fmt: skip
+        core = tuple(slice(0, b.stop - b.start) for b in box)
+        region_box = tuple(slice(lo, hi) for lo, hi in inside)
+        empty = any(hi <= lo for lo, hi in inside)
+        region = (
+            np.zeros([max(hi - lo, 0) for lo, hi in inside], dtype=data.dtype)
+            if empty else region_of(data, region_box)
+        )  # fmt: skip
+        tasks.append(_MeshTask(
+            region, before, after, tuple(a for a, _ in samples), core, folder / f"{i}.npz",
+        ))  # fmt: skip
+    return tasks
+
+
+def _weld(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate (keys, faces) pieces and merge vertices with equal keys."""
+    keys, faces, offset = [], [], 0
+    for k, f in pieces:
+        keys.append(k)
+        faces.append(f + offset)
+        offset += len(k)
+    unique, inverse = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
+    return unique, inverse.ravel()[np.concatenate(faces)]
+
+
+def _surfaces(
+    files: list[Path], voxel: VoxelSize, options: mesh_mod.MeshOptions
+) -> tuple[list[int], Iterator[mesh_mod.Surface | None]]:
+    sizes: dict[int, int] = defaultdict(int)
+    for path in files:
+        with np.load(path) as data:
+            for label, count in data["voxels"].T.tolist():
+                sizes[label] += count
+    labels = sorted(sizes)
+
+    def generate() -> Iterator[mesh_mod.Surface | None]:
+        pieces: dict[int, list] = defaultdict(list)
+        for path in files:
+            with np.load(path) as data:
+                for name in data.files:
+                    if name.startswith("k"):
+                        pieces[int(name[1:])].append((data[name], data[f"f{name[1:]}"]))
+        for label in labels:
+            if sizes[label] < options.min_voxels or not pieces[label]:
+                yield None
+                continue
+            keys, faces = _weld(pieces.pop(label))
+            points = (keys / 2.0 - 1.0) * np.asarray(voxel)
+            points, faces = mesh_mod.refine(points[:, ::-1], faces.astype(np.int32), options)
+            yield mesh_mod.Surface(label, points, faces, mesh_mod.is_closed(faces))
+
+    return labels, generate()
+
+
+def mesh_blocks(
+    labels: Volume,
+    out_dir: Path,
+    *,
+    class_name: str = "object",
+    opacity: float = 1.0,
+    options: mesh_mod.MeshOptions | None = None,
+    write_ply: bool = False,
+    memory_budget: int = 4 * 2**30,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    block: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
+    """Mesh every label of a (lazy) label volume by blocks; same folder as `mesh.mesh_labels`."""
+    options = options or mesh_mod.MeshOptions()
+    mesh_mod.check_options(options)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise VemvizError(f"labels must be an integer volume, got {labels.dtype}")
+    voxel = labels.require_voxel_size("meshing in physical units")
+    padded = tuple(s + 2 for s in labels.shape)
+    with Runner(scheduler, workers) as runner, tempfile.TemporaryDirectory(
+        prefix=".vemviz-mesh-", dir=Path(out_dir).resolve().parent
+    ) as folder:  # fmt: skip
+        if block is None:
+            side = (memory_budget / (max(runner.workers, 1) * _BYTES_PER_VOXEL)) ** (1 / 3)
+            block = tuple(max(2, min(s, math.floor(side))) for s in padded)
+        grid = Grid(padded, tuple(int(b) for b in block))  # type: ignore[arg-type]
+        tasks = _tasks(lazy(labels), grid, Path(folder))
+        runner.map(_call, tasks, "mesh: marching cubes by blocks")
+        ids, surfaces = _surfaces([t.out for t in tasks], voxel, options)
+        if not ids:
+            raise VemvizError("the label volume is empty (no non-zero voxels): nothing to mesh")
+        return mesh_mod.write_meshes(
+            surfaces, len(ids), out_dir, labels.shape, voxel, class_name=class_name,
+            opacity=opacity, options=options, write_ply=write_ply,
+        )  # fmt: skip

@@ -1,0 +1,559 @@
+"""Block adapters: each voxel stage as a `vemviz.chunked.BlockStage`.
+
+An adapter never re-implements its stage: it maps an output block to the input box the
+stage's method needs, calls the stage's public array function on that box, and crops. The
+halo is what makes block results equal to whole-volume results:
+
+- inpaint (`restore.fill_slices`): blocks span z slabs of whole slices (optical flow sees whole
+  images); the input slab is widened to the nearest good slice below and above every damaged
+  slice of the block, which is all a filled slice depends on. Detection runs once over the
+  whole volume, streamed slice by slice, before the blocks.
+- iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
+  next one (linear, flow), so a block of output slices reads only its input slab; the natural
+  cubic spline is global along z, but its influence decays by ~0.27 per slice, so 16 slices of
+  halo make blocks agree to ~1e-9 of the range. Blocks start at output slices that sit on
+  input slices (multiples of ``p`` for ``F = p/q``). Flow needs whole planes; linear and cubic
+  act per pixel column, so their blocks tile y and x too.
+- sr (`sr.upscale_xy`): bicubic upscaling by an integer scale reads 4 x 4 input pixels, so 4
+  pixels of y/x halo suffice; it clips to the input's value range, so each block carries one
+  extra guard slice holding the whole volume's minimum and maximum, removed afterwards.
+- align's apply step (`align.apply_transforms`): z slabs of whole sections with their slice of
+  the transforms (a warp can move any pixel anywhere in its section).
+- segment (`segment.segment`): instance labels need one numbering across blocks. Each block is
+  segmented with a halo of ``halo_nm`` (physical units, so context is the same for any voxel
+  size) and its core written with block-local ids; the two voxel layers on each side of every
+  face between blocks are kept (the block's own boundary layer and its view of the neighbour's
+  first layer). An object seen by both blocks across a face is merged when the two views
+  overlap on at least half of the smaller cross-section; the merges are solved as connected
+  components of a graph over all ids, which are then numbered 1..N in block order and written
+  in a second pass. Segmentation methods with whole-volume steps (the classical threshold is
+  Otsu over the volume) see only their block and halo, so chunked labels can differ from
+  in-memory ones where those steps differ; the merge keeps every object one id regardless.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.filters import threshold_otsu
+
+from vemviz import align as align_mod
+from vemviz import iso as iso_mod
+from vemviz import restore as restore_mod
+from vemviz import segment as segment_mod
+from vemviz import sr as sr_mod
+from vemviz.chunked import (
+    BlockStage,
+    Box,
+    Grid,
+    Runner,
+    Work,
+    lazy,
+    read_box,
+    region_of,
+    write_block,
+    write_levels,
+)  # fmt: skip
+from vemviz.errors import VemvizError
+from vemviz.volume import Volume, VoxelSize
+
+_CUBIC_HALO = 16
+_SR_HALO = 4
+
+
+def _box(z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> Box:
+    return (slice(*z), slice(*y), slice(*x))
+
+
+def _local(box: Box, region_box: Box) -> Box:
+    return tuple(
+        slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region_box, strict=True)
+    )  # type: ignore[return-value]
+
+
+def _span(s: slice) -> tuple[int, int]:
+    return (s.start, s.stop)
+
+
+# --- inpaint ----------------------------------------------------------------------------
+
+
+class _SliceStream:
+    """A lazy (z, y, x) array seen as a sequence of numpy slices, read a slab at a time."""
+
+    def __init__(self, data: Any, runner: Runner) -> None:
+        self.data, self.runner = data, runner
+        self.ndim, self.shape = 3, tuple(data.shape)
+
+    def min(self) -> Any:
+        return self.runner.compute(self.data.min())[0]
+
+    def max(self) -> Any:
+        return self.runner.compute(self.data.max())[0]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self):
+        depth = self.data.chunks[0][0]
+        for z0 in range(0, self.shape[0], depth):
+            (slab,) = self.runner.compute(self.data[z0 : z0 + depth])
+            yield from np.asarray(slab)
+
+
+@dataclass(frozen=True)
+class InpaintBlocks(BlockStage):
+    slices: tuple[int, ...] = ()
+    detect: bool = False
+    method: str = "auto"
+    detection: dict[str, Any] | None = field(default=None, compare=False)
+    name = "inpaint"
+    full_planes = True
+    bytes_per_voxel = 4.0  # the slab and its copy; the few float planes of a filled slice
+
+    def prepare(self, volume: Volume, runner: Runner) -> InpaintBlocks:
+        targets = set(self.slices)
+        detection = None
+        if self.detect:
+            detection = restore_mod.detect_damaged_slices(_SliceStream(lazy(volume), runner))
+            targets.update(int(z) for z in detection["flagged"])
+        if not targets and not self.detect:
+            raise VemvizError("nothing to inpaint: pass --slices 3,17,40-42 and/or --detect")
+        bad = sorted(targets)
+        if bad and len(bad) == volume.shape[0]:
+            raise VemvizError(
+                "every slice is marked damaged; there is no good slice to restore from"
+            )
+        return replace(self, slices=tuple(bad), detect=False, detection=detection)
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "filled": list(self.slices)}
+        if self.detection is not None:
+            out["detection"] = self.detection
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.name, "slices": list(self.slices), "method": self.method}
+
+    def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
+        bad = set(self.slices)
+        z0, z1 = _span(box[0])
+        low, high = z0, z1 - 1
+        while low in bad and low > 0:
+            low -= 1
+        while high in bad and high < in_shape[0] - 1:
+            high += 1
+        return _box((low, high + 1), (0, in_shape[1]), (0, in_shape[2]))
+
+    def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
+        z_lo, z_hi = _span(region_box[0])
+        bad = [z - z_lo for z in self.slices if z_lo <= z < z_hi]
+        filled = restore_mod.fill_slices(region, bad, method=self.method) if bad else region
+        return filled[_local(box, region_box)]
+
+
+# --- iso --------------------------------------------------------------------------------
+
+
+def _fraction(value: float, limit: int, what: str) -> Fraction:
+    fraction = Fraction(value).limit_denominator(limit)
+    if abs(float(fraction) - value) > 1e-9 * value:
+        raise VemvizError(
+            f"chunked {what} needs a factor p/q with q <= {limit} so that blocks start on input "
+            f"voxels (e.g. 10.875 = 87/8); got {value}"
+        )
+    return fraction
+
+
+@dataclass(frozen=True)
+class IsoBlocks(BlockStage):
+    factor: float = 2.0
+    method: str = "flow"
+    name = "iso"
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.factor) or self.factor < 1:
+            raise VemvizError(f"--factor must be a number >= 1, got {self.factor}")
+        _fraction(self.factor, 16, "iso")
+
+    @property
+    def full_planes(self) -> bool:  # type: ignore[override]
+        return self.method == "flow"
+
+    @property
+    def bytes_per_voxel(self) -> float:  # type: ignore[override]
+        """Linear: float32 blend + output; cubic: spline coefficients; flow: flow fields."""
+        return 8.0 if self.method == "linear" else 24.0
+
+    @property
+    def _pq(self) -> tuple[int, int]:
+        fraction = _fraction(self.factor, 16, "iso")
+        return fraction.numerator, fraction.denominator
+
+    def out_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        return (len(iso_mod.output_positions(shape[0], self.factor)), shape[1], shape[2])
+
+    def voxel_size(self, voxel: VoxelSize | None) -> VoxelSize | None:
+        return None if voxel is None else iso_mod.iso_voxel_size(voxel, self.factor)
+
+    def unit(self) -> tuple[int, int, int]:
+        return (self._pq[0], 1, 1)
+
+    def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
+        p, q = self._pq
+        n_z = in_shape[0]
+        k0, k1 = _span(box[0])
+        first = k0 * q // p
+        last = min(math.floor((k1 - 1) / self.factor) + 1, n_z - 1)
+        halo = q * math.ceil(_CUBIC_HALO / q) if self.method == "cubic" else 0
+        low, high = max(first - halo, 0), min(last + 1 + halo, n_z)
+        if high - low < 2:
+            low = (max(high - 2, 0) // q) * q
+        return (slice(low, high), box[1], box[2])
+
+    def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
+        p, q = self._pq
+        out = iso_mod.interpolate_z(region, self.factor, method=self.method)
+        start = box[0].start - region_box[0].start * p // q
+        return out[start : start + box[0].stop - box[0].start]
+
+
+# --- sr ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SrBlocks(BlockStage):
+    scale: float = 2.0
+    method: str = "bicubic"
+    value_range: tuple[float, float] | None = None
+    name = "sr"
+    bytes_per_voxel = 16.0
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.scale) or self.scale < 1 or self.scale != round(self.scale):
+            raise VemvizError(
+                f"chunked super-resolution needs an integer --scale, got {self.scale}"
+            )
+
+    @property
+    def _s(self) -> int:
+        return int(self.scale)
+
+    def prepare(self, volume: Volume, runner: Runner) -> SrBlocks:
+        data = lazy(volume)
+        low, high = runner.compute(data.min(), data.max())
+        return replace(self, value_range=(float(low), float(high)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.name, "scale": self.scale, "method": self.method}
+
+    def out_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        return (shape[0], shape[1] * self._s, shape[2] * self._s)
+
+    def voxel_size(self, voxel: VoxelSize | None) -> VoxelSize | None:
+        return None if voxel is None else sr_mod.sr_voxel_size(voxel, self.scale)
+
+    def unit(self) -> tuple[int, int, int]:
+        return (1, self._s, self._s)
+
+    def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
+        s = self._s
+        spans = [
+            (max(b.start // s - _SR_HALO, 0), min(math.ceil(b.stop / s) + _SR_HALO, n))
+            for b, n in zip(box[1:], in_shape[1:], strict=True)
+        ]
+        return _box(_span(box[0]), *spans)
+
+    def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
+        assert self.value_range is not None, "prepare() sets the value range"
+        guard = np.full((1, *region.shape[1:]), self.value_range[0], dtype=region.dtype)
+        guard[0, 0, 0] = self.value_range[1]
+        out = sr_mod.upscale_xy(np.concatenate([region, guard]), self.scale, self.method)[:-1]
+        s = self._s
+        y0, x0 = (b.start - r.start * s for b, r in zip(box[1:], region_box[1:], strict=True))
+        return out[:, y0 : y0 + box[1].stop - box[1].start, x0 : x0 + box[2].stop - box[2].start]
+
+
+# --- align: apply transforms ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlignApplyBlocks(BlockStage):
+    transforms: dict[str, Any] = field(default_factory=dict)
+    order: int = 1
+    name = "align-apply"
+    full_planes = True
+    bytes_per_voxel = 24.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.name, "order": self.order, "mode": self.transforms.get("mode")}
+
+    def prepare(self, volume: Volume, runner: Runner) -> AlignApplyBlocks:
+        if list(volume.shape) != list(self.transforms.get("shape", [])):
+            raise VemvizError(
+                f"the transforms were computed for shape {self.transforms.get('shape')}, "
+                f"not {list(volume.shape)}"
+            )
+        return self
+
+    def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
+        return box
+
+    def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
+        z0, z1 = _span(box[0])
+        displacements = self.transforms.get("displacements")
+        part = {
+            **self.transforms,
+            "shape": list(region.shape),
+            "matrices": self.transforms["matrices"][z0:z1],
+            "displacements": displacements[z0:z1] if displacements else None,
+        }
+        return align_mod.apply_transforms(region, part, order=self.order)
+
+
+# --- segment: instance labels merged across blocks ---------------------------------------
+
+_FACES = ("z0", "z1", "y0", "y1", "x0", "x1")
+
+
+def _face_layers(labels: np.ndarray, region_box: Box, box: Box, shape: tuple[int, ...]) -> dict:
+    """Per face with a neighbour: [outside layer, own boundary layer], outside first on '0'."""
+    faces = {}
+    for axis, name in enumerate("zyx"):
+        lo, hi = box[axis].start, box[axis].stop
+        for side, layers in ((0, (lo - 1, lo)), (1, (hi - 1, hi))):
+            if layers[0] < 0 or layers[1] >= shape[axis]:
+                continue
+            index = [b for b in box]
+            index[axis] = slice(layers[0], layers[1] + 1)
+            faces[f"{name}{side}"] = labels[_local(tuple(index), region_box)]  # type: ignore[arg-type]
+    return faces
+
+
+@dataclass(frozen=True)
+class _LabelTask:
+    stage: SegmentBlocks
+    region: Any
+    region_box: Box
+    box: Box
+    shape: tuple[int, int, int]
+    local_store: Path
+    faces: Path
+    marker: Path
+
+    def __call__(self) -> int:
+        region = np.asarray(self.region.compute(scheduler="synchronous"))
+        labels = self.stage.labels(region)
+        core = labels[_local(self.box, self.region_box)]
+        write_block(self.local_store, "local", self.box, core)
+        faces = _face_layers(labels, self.region_box, self.box, self.shape)
+        with open(self.faces, "wb") as handle:
+            np.savez_compressed(
+                handle, count=np.uint64(labels.max()), core=np.unique(core), **faces
+            )
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.touch()
+        return int(core.size)
+
+
+@dataclass(frozen=True)
+class _RelabelTask:
+    local_store: Path
+    store: Path
+    box: Box
+    table: np.ndarray
+    marker: Path
+    levels: int
+
+    def __call__(self) -> int:
+        local = read_box(self.local_store, "local", self.box)
+        write_levels(self.store, self.box, self.table[local], True, self.levels)
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.touch()
+        return int(local.size)
+
+
+def _face_pairs(lower: np.ndarray, upper: np.ndarray) -> list[tuple[int, int]]:
+    """Id pairs (lower block id, upper block id) that are one object across a face.
+
+    ``lower`` holds the lower block's two layers, ``upper`` the upper block's, over the same
+    voxels; pairs overlapping on at least half of the smaller cross-section are merged.
+    """
+    both = (lower > 0) & (upper > 0)
+    if not both.any():
+        return []
+    pairs, counts = np.unique(
+        np.stack([lower[both], upper[both]]).astype(np.uint64), axis=1, return_counts=True
+    )
+    ids_a, area_a = np.unique(lower[lower > 0], return_counts=True)
+    ids_b, area_b = np.unique(upper[upper > 0], return_counts=True)
+    area_lower = dict(zip(ids_a.tolist(), area_a.tolist(), strict=True))
+    area_upper = dict(zip(ids_b.tolist(), area_b.tolist(), strict=True))
+    return [
+        (int(a), int(b))
+        for (a, b), c in zip(pairs.T.tolist(), counts.tolist(), strict=True)
+        if c >= 0.5 * min(area_lower[a], area_upper[b])
+    ]
+
+
+def merge_tables(grid: Grid, face_files: list[Path]) -> tuple[list[np.ndarray], int]:
+    """Per block a lookup table local id -> global id (0 stays 0), and the number of objects."""
+    counts = []
+    for path in face_files:
+        with np.load(path) as data:
+            counts.append(int(data["count"]))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    total = int(offsets[-1]) + 1
+    edges_a, edges_b = [], []
+    strides = np.array([np.prod(grid.counts[a + 1 :]) for a in range(3)], dtype=int)
+    for i in range(len(grid)):
+        index = grid.index(i)
+        for axis, name in enumerate("zyx"):
+            if index[axis] + 1 >= grid.counts[axis]:
+                continue
+            j = i + int(strides[axis])
+            with np.load(face_files[i]) as a, np.load(face_files[j]) as b:
+                lower, upper = a[f"{name}1"], b[f"{name}0"]
+            for id_a, id_b in _face_pairs(lower, upper):
+                edges_a.append(offsets[i] + id_a)
+                edges_b.append(offsets[j] + id_b)
+    graph = coo_matrix(
+        (np.ones(len(edges_a)), (np.array(edges_a, int), np.array(edges_b, int))),
+        shape=(total, total),
+    )
+    _, component = connected_components(graph, directed=False)
+    present = np.zeros(total, bool)
+    for i, path in enumerate(face_files):
+        with np.load(path) as data:
+            core = data["core"].astype(np.int64)
+        present[offsets[i] + core[core > 0]] = True
+    # number components 1..N in order of their first (smallest) global id
+    first = np.full(component.max() + 1, total, dtype=np.int64)
+    ids = np.flatnonzero(present)
+    np.minimum.at(first, component[ids], ids)
+    used = np.flatnonzero(first < total)
+    rank = np.zeros(component.max() + 1, dtype=np.uint32)
+    rank[used[np.argsort(first[used])]] = np.arange(1, len(used) + 1, dtype=np.uint32)
+    tables = []
+    for i in range(len(face_files)):
+        ids = np.arange(offsets[i] + 1, offsets[i + 1] + 1)
+        tables.append(np.concatenate([[0], rank[component[ids]]]).astype(np.uint32))
+    return tables, len(used)
+
+
+def mito_threshold(data: Any, voxel: VoxelSize, runner: Runner) -> float:
+    """Otsu's threshold of the smoothed volume over its imaged slices, as `segment_mito` has it.
+
+    Two streamed passes: the smoothing (with a 4-sigma halo per block) gives its range, then
+    a 256-bin histogram over that range, from which Otsu's threshold is taken.
+    """
+    depth = {a: 2 * math.ceil(min(12.0 / v, 4.0) * 4) + 1 for a, v in enumerate(voxel)}
+    smooth = data.map_overlap(
+        segment_mod.smooth_mito, depth=depth, boundary="reflect", dtype=np.float32,
+        voxel_size_nm=voxel,
+    )  # fmt: skip
+    raw = data.astype(np.float32)
+    spread, ptp = runner.compute(raw.std(axis=(1, 2)), raw.max() - raw.min())
+    imaged = np.asarray(spread) > 1e-3 * max(float(ptp), 1.0)
+    kept = smooth[np.flatnonzero(imaged)]
+    low, high = (float(v) for v in runner.compute(kept.min(), kept.max()))
+    (counts,) = runner.compute(da.histogram(kept, bins=256, range=(low, high))[0])
+    edges = np.linspace(low, high, 257)
+    centers = (edges[:-1] + edges[1:]) / 2
+    return float(threshold_otsu(hist=(np.asarray(counts), centers)))
+
+
+@dataclass(frozen=True)
+class SegmentBlocks(BlockStage):
+    target: str = "mito"
+    voxel: VoxelSize | None = None
+    halo_nm: float = 400.0
+    threshold: float | None = None
+    name = "segment"
+    is_label = True
+    bytes_per_voxel = 160.0
+    objects: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.voxel is None:
+            raise VemvizError(
+                "segmentation needs the voxel size (sizes are in nm), and the input carries "
+                "none: pass --voxel-size Z,Y,X in nm (for example --voxel-size 40,8,8)"
+            )
+
+    def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.uint32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.name, "target": self.target, "voxel": list(self.voxel),
+                "halo_nm": self.halo_nm}  # fmt: skip
+
+    def report(self) -> dict[str, Any]:
+        return {"target": self.target, "objects": self.objects, "halo_nm": self.halo_nm,
+                "threshold": self.threshold}  # fmt: skip
+
+    def halo(self) -> tuple[int, int, int]:
+        return tuple(max(1, math.ceil(self.halo_nm / v)) for v in self.voxel)  # type: ignore[return-value]
+
+    def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
+        return tuple(
+            slice(max(b.start - h, 0), min(b.stop + h, n))
+            for b, h, n in zip(box, self.halo(), in_shape, strict=True)
+        )  # type: ignore[return-value]
+
+    def prepare(self, volume: Volume, runner: Runner) -> SegmentBlocks:
+        if self.target != "mito" or self.threshold is not None:
+            return self
+        return replace(self, threshold=mito_threshold(lazy(volume), self.voxel, runner))
+
+    def labels(self, region: np.ndarray) -> np.ndarray:
+        options = {} if self.threshold is None else {"threshold": self.threshold}
+        return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(np.uint32)
+
+    def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
+        local = work.root / "local.zarr"
+        if not local.exists():
+            group = zarr.open_group(str(local), mode="w")
+            group.create_array(
+                "local", shape=grid.shape, dtype=np.uint32, chunks=grid.chunks(), fill_value=0
+            )
+        faces = work.root / "faces"
+        faces.mkdir(exist_ok=True)
+        data = lazy(volume)
+        done = work.done("blocks", len(grid))
+        tasks = []
+        for i in range(len(grid)):
+            if done[i]:
+                continue
+            box = grid.box(i)
+            region_box = self.source(box, volume.shape)
+            tasks.append(_LabelTask(
+                self, region_of(data, region_box), region_box, box, volume.shape, local,
+                faces / f"{i}.npz", work.marker("blocks", i),
+            ))  # fmt: skip
+        runner.map(_call, tasks, f"segment: blocks ({len(grid) - len(tasks)} done before)")
+        tables, objects = merge_tables(grid, [faces / f"{i}.npz" for i in range(len(grid))])
+        object.__setattr__(self, "objects", objects)
+        done = work.done("relabel", len(grid))
+        relabel = [
+            _RelabelTask(
+                local, work.store, grid.box(i), tables[i], work.marker("relabel", i), grid.levels
+            )
+            for i in range(len(grid))
+            if not done[i]
+        ]
+        runner.map(_call, relabel, "segment: relabelling blocks")
+        return len(tasks)
+
+
+def _call(task: Any) -> Any:
+    return task()
