@@ -2,13 +2,14 @@
 
 Method. Marching cubes builds a surface cube by cube: the triangles of one cube depend only on
 the label values at its eight corners (skimage's Lewiner variant resolves ambiguous cubes from
-those values too). The label volume, padded conceptually with one voxel of background on every
+those values too; both this module and `vemviz.mesh` use the level `mesh.LEVEL`, a hair below
+0.5, so they resolve them alike). The label volume, padded conceptually with one voxel of background on every
 side (as `vemviz.mesh` pads each object's box, so every object is closed), is cut into blocks
 of samples that overlap by one voxel layer with the next block, so the blocks' cubes tile the
 volume's cubes exactly once. Each block runs marching cubes for every label in it (on the
 label's box inside the block) and keeps the triangles with vertices as integer keys: for a
-binary mask at level 0.5 every vertex is the midpoint of a cube edge, so twice its global
-coordinate is an integer, and a vertex on a block face gets the same key from both blocks.
+binary mask every vertex lies on a cube edge within 1e-3 of its midpoint, so twice its global
+coordinate rounds to an integer that names the edge, and a vertex on a block face gets the same key from both blocks.
 
 Merging. All pieces of one label are concatenated and vertices with equal keys welded
 (`numpy.unique`), which reproduces the whole-volume marching-cubes surface of that object
@@ -68,7 +69,7 @@ class _MeshTask:
             mask = samples[grown] == label
             if mask.all() or min(mask.shape) < 2:
                 continue
-            verts, faces, _, _ = marching_cubes(mask.astype(np.float32), level=0.5)
+            verts, faces, _, _ = marching_cubes(mask.astype(np.float32), level=mesh_mod.LEVEL)
             start = np.array([s.start for s in grown]) + np.array(self.origin)
             keys = np.rint((verts + start) * 2).astype(np.int64)
             pieces[f"k{label}"] = keys
