@@ -196,3 +196,18 @@ def test_shipped_mito_model_on_held_out_epfl_crop(shared_data):
     truth = tifffile.imread(shared_data / "epfl_slices" / "mito_mask.tif")[2:3, 200:456, 300:556]
     prob = predict_probabilities(raw, (5.0, 5.0, 5.0), load_model(shipped_model("mito")))
     assert iou(truth, prob > 0.5) > 0.7
+
+
+def test_cli_train_seg_then_segment_with_the_tuned_model(tmp_path, phantom):
+    raw, labels = tmp_path / "raw.tif", tmp_path / "mito.tif"
+    write_volume(phantom.raw, raw)
+    write_volume(phantom.mito, labels)
+    model, report = tmp_path / "tuned.pt", tmp_path / "train.json"
+    assert main(["train-seg", str(raw), str(labels), "--target", "mito", "--out", str(model),
+                 "--steps", "2", "--device", "cpu", "--report", str(report)]) == 0  # fmt: skip
+    record = json.loads(report.read_text())
+    assert record["steps"] == 2 and record["fine_tuned_from"] == "shipped mito"
+    assert load_model(model).training_info["options"]["patch"] == 128  # clipped to the slices
+    out = tmp_path / "seg.tif"
+    argv = ["segment", str(raw), "--out", str(out), "--target", "mito", "--model", str(model)]
+    assert main(argv) == 0 and read_volume(out).numpy().max() > 0
