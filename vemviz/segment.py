@@ -1,4 +1,4 @@
-"""Segmentation of mitochondria and cells into instance labels (classical baseline).
+"""Segmentation of mitochondria and cells into instance labels: learned and classical.
 
 Mitochondria (``target="mito"``): EM stains them darker than cytoplasm and much thicker than
 membranes. The volume is smoothed with an anisotropic Gaussian (sigma given in nm, so slices of
@@ -424,7 +424,7 @@ def segment_learned(
 def segment(
     image: np.ndarray, voxel_size_nm: VoxelSize, target: str
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Instance labels for ``target`` ("mito" or "cells")."""
+    """Instance labels for ``target`` ("mito" or "cells") by the classical methods."""
     if target == "mito":
         return segment_mito(image, voxel_size_nm)
     if target == "cells":
