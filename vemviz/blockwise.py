@@ -478,6 +478,7 @@ class SegmentBlocks(BlockStage):
     voxel: VoxelSize | None = None
     halo_nm: float = 400.0
     threshold: float | None = None
+    method: str = "classical"
     name = "segment"
     is_label = True
     bytes_per_voxel = 160.0
@@ -495,7 +496,7 @@ class SegmentBlocks(BlockStage):
 
     def describe(self) -> dict[str, Any]:
         return {"stage": self.name, "target": self.target, "voxel": list(self.voxel),
-                "halo_nm": self.halo_nm}  # fmt: skip
+                "halo_nm": self.halo_nm, "method": self.method}  # fmt: skip
 
     def report(self) -> dict[str, Any]:
         return {"target": self.target, "objects": self.objects, "halo_nm": self.halo_nm,
@@ -511,11 +512,16 @@ class SegmentBlocks(BlockStage):
         )  # type: ignore[return-value]
 
     def prepare(self, volume: Volume, runner: Runner) -> SegmentBlocks:
-        if self.target != "mito" or self.threshold is not None:
+        if self.method != "classical" or self.target != "mito" or self.threshold is not None:
             return self
         return replace(self, threshold=mito_threshold(lazy(volume), self.voxel, runner))
 
     def labels(self, region: np.ndarray) -> np.ndarray:
+        if self.method == "learned":
+            from vemviz.unet import load_model, pick_device, shipped_model
+
+            network = load_model(shipped_model(self.target), pick_device("auto"))
+            return segment_mod.segment_learned(region, self.voxel, network)[0].astype(np.uint32)
         options = {} if self.threshold is None else {"threshold": self.threshold}
         return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(np.uint32)
 

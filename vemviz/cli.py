@@ -189,14 +189,35 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
-    if prompts is None and args.model is None:
-        voxel = volume.voxel_size_nm
-        if _chunked(args, volume, lambda: blockwise.SegmentBlocks(args.target, voxel)):
+    if prompts is None and args.model is None and args.probabilities is None:
+        voxel, method = volume.voxel_size_nm, args.method
+        stage = lambda: blockwise.SegmentBlocks(args.target, voxel, method=method)  # noqa: E731
+        if _chunked(args, volume, stage):
             return
-    labels, report = stages.segment(volume, target=args.target, prompts=prompts, model=args.model)
-    if labels.numpy().max() == 0:
-        raise VemvizError(f"segmentation found no {args.target} objects; nothing written")
+    labels, report = stages.segment(
+        volume, target=args.target, prompts=prompts, model=args.model, method=args.method,
+        probabilities=args.probabilities,
+    )  # fmt: skip
+    uncertain = report.get("uncertain_per_confident", 0.0)
+    if uncertain > 0.25:
+        status(f"warning: many uncertain voxels ({uncertain:.0%} of the confident ones), see "
+               f"most_uncertain_slices in the report")  # fmt: skip
     _finish(args, labels, report, is_label=True)
+
+
+def cmd_train_seg(args: argparse.Namespace) -> None:
+    from vemviz.train import TrainOptions, fine_tune
+
+    images = _read(args, "images")
+    labels = read_volume(args.labels, args.voxel_size)
+    voxel = images.require_voxel_size("training (the model works at a fixed pixel size in nm)")
+    options = TrainOptions(seconds=60 * args.minutes, max_steps=args.steps, lr=args.lr)
+    record = fine_tune(
+        images.numpy(), labels.numpy(), voxel, args.target, args.out, base_model=args.model,
+        options=options, device=args.device,
+    )  # fmt: skip
+    _write_report(args.report, record)
+    status(f"wrote {args.out}")
 
 
 def cmd_mesh(args: argparse.Namespace) -> None:
@@ -444,11 +465,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, metavar="IN")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--target", choices=("mito", "cells"), required=True)
-    p.add_argument("--model", type=Path, metavar="PATH", help="a trained model (learned methods)")
+    p.add_argument("--model", type=Path, metavar="PATH",
+                   help="a model from train-seg (default: the shipped weights)")  # fmt: skip
+    p.add_argument("--method", choices=("learned", "classical"), default="learned")
     p.add_argument("--prompts", type=Path, metavar="JSON", help="points/boxes selecting objects")
+    p.add_argument("--probabilities", type=Path, metavar="OUT", help="write the probability map")
     _add_common(p)
     _add_scale(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("train-seg", help="fine-tune a segmentation model on your labelled slices")
+    p.add_argument("images", type=Path, metavar="IMAGES")
+    p.add_argument("labels", type=Path, metavar="LABELS", help="mito mask or cell instance labels")
+    p.add_argument("--target", choices=("mito", "cells"), required=True)
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL")
+    p.add_argument("--model", type=Path, metavar="PATH", help="start from this model")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget")
+    p.add_argument("--steps", type=int, default=1_000_000, help="stop after this many steps")
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_seg)
 
     p = sub.add_parser("mesh", help="mesh each label in physical units (GLB + manifest.json)")
     p.add_argument("labels", type=Path, metavar="LABELS")

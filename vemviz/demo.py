@@ -34,7 +34,7 @@ def demo_config(input_path: str, factor: int, render: bool, blender: str | None)
     stages: list[dict[str, Any]] = [
         {"stage": "inpaint", "detect": True, "method": "flow"},
         {"stage": "iso", "factor": factor, "method": "flow"},
-        {"stage": "segment", "target": "mito"},
+        {"stage": "segment", "target": "mito", "method": "learned"},
         {"stage": "mesh", "out": "meshes"},
     ]
     if render:

@@ -198,26 +198,58 @@ def segment(
     target: str = "mito",
     prompts: dict[str, Any] | None = None,
     model: Path | None = None,
+    method: str = "learned",
+    probabilities: Path | None = None,
 ) -> tuple[Volume, Report]:
-    """Instance labels (uint32) for ``target``; prompts select objects under points/boxes."""
-    if model is not None:
-        raise VemvizError(
-            "this vemviz version has no learned segmentation models yet; run without --model"
-        )
-    voxel = volume.require_voxel_size("segmentation (sizes are in nm)")
-    labels, report = segment_mod.segment(volume.numpy(), voxel, target)
+    """Instance labels (uint32) for ``target``; prompts select objects under points/boxes.
+
+    ``method="learned"`` uses ``model`` or the weights shipped for ``target``; the probability
+    volume is written to ``probabilities`` when given. An empty result is an error, so no empty
+    label (or probability) file is ever written.
+    """
+    labels, report, probability = _segment_labels(volume, target, model, method, probabilities)
     if prompts is not None:
         labels = segment_mod.select_by_prompts(labels, prompts)
         report["objects_selected"] = int(labels.max())
+    if labels.max() == 0:
+        raise VemvizError(f"segmentation found no {target} objects; nothing written")
+    if probability is not None and probabilities is not None:
+        write_volume(volume.with_data(probability, stage="probabilities"), probabilities)
+        report["probabilities"] = str(probabilities)
     report["target"] = target
     return volume.with_data(labels, stage="segment", target=target), report
+
+
+def _segment_labels(
+    volume: Volume, target: str, model: Path | None, method: str, probabilities: Path | None
+) -> tuple[np.ndarray, Report, np.ndarray | None]:
+    """Labels (possibly none), report and probability volume of `segment`."""
+    voxel = volume.require_voxel_size("segmentation (sizes are in nm)")
+    if method == "classical":
+        if model is not None or probabilities is not None:
+            raise VemvizError("--model and --probabilities need the learned method")
+        labels, report = segment_mod.segment(volume.numpy(), voxel, target)
+        probability = None
+    elif method == "learned":
+        from vemviz.unet import load_model, pick_device, shipped_model
+
+        network = load_model(model or shipped_model(target), pick_device("auto"))
+        if network.config.target != target:
+            raise VemvizError(f"{model} is a {network.config.target} model, not a {target} one")
+        labels, report, probability = segment_mod.segment_learned(volume.numpy(), voxel, network)
+    else:
+        raise VemvizError(f"unknown segmentation method {method!r}; choose learned or classical")
+    return labels, report, probability
 
 
 def _segmenter(target: str | None, voxel_size_nm: tuple[float, float, float]):
     """An array -> instance labels function for `reimage.assess`, or None without a target."""
     if target is None:
         return None
-    return lambda data: segment(Volume(data, voxel_size_nm), target=target)[0].numpy()
+    def labels(data: np.ndarray) -> np.ndarray:
+        return _segment_labels(Volume(data, voxel_size_nm), target, None, "learned", None)[0]
+
+    return labels
 
 
 def plan_reimage(
