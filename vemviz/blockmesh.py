@@ -4,21 +4,20 @@ Method. Marching cubes builds a surface cube by cube: the triangles of one cube 
 the label values at its eight corners (skimage's Lewiner variant resolves ambiguous cubes from
 those values too; both this module and `vemviz.mesh` use the level `mesh.LEVEL`, a hair below
 0.5, so they resolve them alike). The label volume, padded conceptually with one voxel of
-background on every side (as `vemviz.mesh` pads each object's box, so every object is closed), is cut into blocks
-of samples that overlap by one voxel layer with the next block, so the blocks' cubes tile the
-volume's cubes exactly once. Each block runs marching cubes for every label in it (on the
-label's box inside the block) and keeps the triangles with vertices as integer keys: for a
-binary mask every vertex lies on a cube edge within 1e-3 of its midpoint, so twice its global
-coordinate rounds to an integer that names the edge, and a vertex on a block face gets the
-same key from both blocks.
+background on every side (as `vemviz.mesh` pads each object's box, so every object is closed),
+is cut into blocks of samples that overlap by one voxel layer with the next block, so the
+blocks' cubes tile the volume's cubes exactly once. Each block runs marching cubes for every
+label in it (on the label's box inside the block) and keeps the triangles with vertices as
+integer keys: for a binary mask every vertex lies on a cube edge within 1e-3 of its midpoint, so
+twice its global coordinate rounds to an integer that names the edge, and a vertex on a block
+face gets the same key from both blocks.
 
 Merging. All pieces of one label are concatenated and vertices with equal keys welded
 (`numpy.unique`), which reproduces the whole-volume marching-cubes surface of that object
 exactly -- no cracks, no duplicated faces, one mesh per id -- before the usual smoothing,
-decimation and export of `vemviz.mesh` (`refine`, `write_meshes`). Blocks run locally
-or on a dask.distributed cluster (`vemviz.chunked.Runner`); memory is bounded by the block size
-plus the raw marching-cubes surfaces of the objects (about 40 bytes per vertex), not by the
-volume.
+decimation and export of `vemviz.mesh` (`refine`, `write_meshes`). Blocks run locally or on a
+dask.distributed cluster (`vemviz.chunked.Runner`); memory is bounded by the block size plus the
+raw marching-cubes surfaces of the objects (about 40 bytes per vertex), not by the volume.
 """
 
 from __future__ import annotations
