@@ -304,7 +304,8 @@ def assess(
 
     ``segmenter`` (optional) maps a (z, y, x) uint8 volume at the full-resolution voxel size to
     instance labels; with it, tiles where the segmentations of the SR and bicubic volumes
-    disagree rise in priority.
+    disagree rise in priority (with ``sr_method="bicubic"`` there is no second pass to disagree
+    with, and it is not called).
     """
     if low.ndim != 3:
         raise VemvizError(f"re-imaging needs a 3D (z, y, x) volume, not {low.ndim}-D")
@@ -315,7 +316,7 @@ def assess(
     boxes = tile_boxes(sr.shape[1], sr.shape[2], tile)
     mse = predict_tile_errors(low, sr, bicubic, int(scale), boxes, model) ** 2
     priority = mse
-    if segmenter is not None:
+    if segmenter is not None and sr_method != "bicubic":
         labels_sr, labels_bicubic = segmenter(sr), segmenter(bicubic)
         disagreement = np.stack([
             segmentation_disagreement(labels_sr[z], labels_bicubic[z], boxes)
