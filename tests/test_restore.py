@@ -166,3 +166,38 @@ def test_flow_fill_beats_linear_on_flyem() -> None:
     assert 30.4 < scores["linear", 1] < 31.2
     assert scores["flow", 1] > scores["linear", 1] + 0.25
     assert scores["flow", 3] > scores["linear", 3] + 0.6
+
+
+@pytest.mark.realdata
+def test_cli_detects_and_restores(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    from vemviz import Volume, read_volume, write_volume
+    from vemviz.cli import main
+
+    stack = _read(FLYEM)[130:150, 40:168, 40:168]
+    damaged, truth = simulate_damage(stack, [(6, "missing"), (13, "blotch")], seed=2)
+    source = write_volume(Volume(damaged, (10.0, 10.0, 10.0)), tmp_path / "damaged.tif")
+    out, report, mask_out = tmp_path / "out.tif", tmp_path / "r.json", tmp_path / "mask.tif"
+    argv = ["inpaint", str(source), "--out", str(out), "--detect", "--report", str(report),
+            "--mask-out", str(mask_out), "--steps", "2"]  # fmt: skip
+    assert main(argv) == 0
+    figures = json.loads(report.read_text())
+    assert figures["detection"]["flagged"] == [6, 13]
+    assert figures["methods"] == {"6": "flow", "13": "diffusion"}
+    restored = read_volume(out).numpy()
+    assert psnr(stack, restored, mask=truth) > psnr(stack, damaged, mask=truth) + 10
+    assert (read_volume(mask_out).numpy().astype(bool) & truth).sum() > 0.9 * truth.sum()
+
+
+def test_cli_bad_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vemviz import Volume, write_volume
+    from vemviz.cli import main
+
+    source = write_volume(Volume(np.zeros((3, 8, 8), np.uint8), (10, 10, 10)), tmp_path / "s.tif")
+    small = write_volume(Volume(np.ones((3, 8, 7), np.uint8), (10, 10, 10)), tmp_path / "m.tif")
+    full = write_volume(Volume(np.ones((3, 8, 8), np.uint8), (10, 10, 10)), tmp_path / "f.tif")
+    for mask, message in ((small, "mask has shape (3, 8, 7)"), (full, "every slice")):
+        out = tmp_path / "out.tif"
+        assert main(["inpaint", str(source), "--out", str(out), "--mask", str(mask)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and not out.exists()

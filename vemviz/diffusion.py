@@ -187,6 +187,9 @@ def save_model(model: UNet2DModel, path: Path, info: dict[str, Any] | None = Non
         half.save_pretrained(str(tmp))
         if info is not None:
             (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        tmp.chmod(0o755)
+        for file in tmp.iterdir():
+            file.chmod(0o644)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

@@ -253,9 +253,28 @@ class _Residuals:
         from_b = warp(self.stack[b], self.dis.calc(a8, b8, None), 1.0 - t)
         image = self.stack[z].astype(np.float32)
         return tuple(  # type: ignore[return-value]
-            np.stack([cv2.GaussianBlur(image - ref, (0, 0), sigma) for sigma in _RESIDUAL_SIGMAS])
+            np.stack(
+                [
+                    cv2.GaussianBlur(image - _matched(ref, image), (0, 0), sigma)
+                    for sigma in _RESIDUAL_SIGMAS
+                ]
+            )
             for ref in (from_a, from_b)
         )
+
+
+def _matched(reference: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``reference`` with gain and offset fitted to ``image`` (least squares on every 4th pixel,
+    refitted once without those differing by more than 3 robust deviations, i.e. damage)."""
+    reference_sample, image_sample = reference[::4, ::4].ravel(), image[::4, ::4].ravel()
+    keep = np.ones(image_sample.shape, dtype=bool)
+    for _ in range(2):
+        x, y = reference_sample[keep], image_sample[keep]
+        gain = float(np.cov(x, y)[0, 1] / max(float(np.var(x)), 1e-6))
+        offset = float(y.mean()) - gain * float(x.mean())
+        diff = image_sample - (gain * reference_sample + offset)
+        keep = np.abs(diff - np.median(diff)) <= 3 * max(_mad(diff), 1e-6)
+    return gain * reference + offset
 
 
 def _mad(values: np.ndarray) -> float:
@@ -267,6 +286,12 @@ def _agreeing(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The smaller magnitude where the two residuals agree in sign, else 0."""
     agree = np.sign(first) == np.sign(second)
     return np.where(agree, np.minimum(np.abs(first), np.abs(second)), 0.0)
+
+
+def _span_factor(z: int, refs: list[int]) -> float:
+    """How much larger natural residuals are when the references lie further apart than the
+    usual two slices (a slice beside a blank one, or at the stack's end): span / 2."""
+    return max(1.0, (max(refs + [z]) - min(refs + [z])) / 2.0)
 
 
 def _region_mask(score: np.ndarray, seed: float) -> np.ndarray:
@@ -313,7 +338,7 @@ def _region_scores(stack: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, n
             continue
         score = (_agreeing(*residuals.pair(z, refs)) / scale).max(axis=0)
         peaks[z] = float(score.max())
-        masks[z] = _region_mask(score, seed)
+        masks[z] = _region_mask(score, seed * _span_factor(z, refs))
     return _drop_echoes(masks, usable, residuals, scale, seed), peaks, seed
 
 
@@ -343,7 +368,7 @@ def _drop_echoes(
             if len(others) < 2:
                 continue
             score = (_agreeing(*residuals.pair(z, others)) / scale).max(axis=0)
-            if score[region].max() <= _ECHO_SEED * seed:
+            if score[region].max() <= _ECHO_SEED * seed * _span_factor(z, others):
                 cleaned[z] &= ~region
     return cleaned
 
