@@ -41,7 +41,9 @@ CASES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first", type=int, default=128, help="first damaged slice")
     parser.add_argument("--every", type=int, default=8, help="damage every N-th slice")
-    parser.add_argument("--steps", type=int, default=10, help="diffusion sampler steps")
+    parser.add_argument(
+        "--steps", type=int, nargs="+", default=[10], help="diffusion sampler steps (one row each)"
+    )
     parser.add_argument("--samples", type=int, default=1, help="diffusion samples averaged")
     parser.add_argument("--weights", type=Path, default=None, help="diffusion model folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -74,21 +76,23 @@ def _damage(stack: np.ndarray, case: str, args: argparse.Namespace) -> tuple[np.
 
 
 def _restoration_rows(stack: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
-    options = DiffusionOptions(args.weights, args.steps, args.samples, args.seed, 0, "auto")
     rows = []
     for case in CASES:
         damaged, mask = _damage(stack, case, args)
         n_slices = int(mask.reshape(mask.shape[0], -1).any(axis=1).sum())
         whole = bool(mask[mask.reshape(mask.shape[0], -1).any(axis=1)].all())
-        methods = ["linear", "flow", "diffusion"] if whole else ["linear", "telea", "flow"]
-        if not whole:
-            methods.append("diffusion")
+        methods = ["linear", "flow"] if whole else ["linear", "telea", "flow"]
+        methods += [f"diffusion {steps} steps" for steps in args.steps]
         for method in methods:
             start = time.perf_counter()
             if method == "telea":
                 out = _telea(damaged, mask)
+            elif method.startswith("diffusion"):
+                steps = int(method.split()[1])
+                options = DiffusionOptions(args.weights, steps, args.samples, args.seed)
+                out = fill_damage(damaged, mask, "diffusion", options)[0]
             else:
-                out = fill_damage(damaged, mask, method, options)[0]
+                out = fill_damage(damaged, mask, method)[0]
             seconds = time.perf_counter() - start
             rows.append(
                 {
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> Result:
     notes = [
         f"FlyEM 250^3 (10 nm), damage every {args.every}th slice from z={args.first} "
         "(the diffusion model was trained on z < 125 plus VNC and EPFL)",
-        f"diffusion: {args.steps} DDIM steps, mean of {args.samples} sample(s), "
+        f"diffusion: DDIM, mean of {args.samples} sample(s), "
         f"weights {args.weights or WEIGHTS.relative_to(WEIGHTS.parents[2])}",
         f"load average at the end: {np.round(__import__('os').getloadavg(), 2).tolist()}",
     ]
