@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("auto", "flow", "diffusion", "linear"), default="auto")
     p.add_argument("--mask", type=Path, metavar="MASK", help="damage mask volume (non-zero = bad)")
     p.add_argument("--mask-out", type=Path, metavar="PATH", help="write the damage mask used")
-    p.add_argument("--steps", type=int, default=10, help="diffusion sampler steps")
+    p.add_argument("--steps", type=int, default=1, help="diffusion sampler steps (1: x0 estimate)")
     p.add_argument("--samples", type=int, default=1, help="diffusion samples averaged")
     p.add_argument("--seed", type=int, default=0, help="diffusion random seed")
     p.add_argument("--fine-tune", type=int, default=0, metavar="STEPS",

@@ -7,8 +7,9 @@ in two steps so that both the appearance and the truth are known:
 
 1. a mask generator draws the damaged pixels of one slice from a seeded ``numpy`` generator:
    `band_mask` (rows or columns covering a given fraction of the slice), `crack_mask` (a
-   random-walk curve 1-3 px wide), `blotch_mask` (a few irregular blobs: thresholded smoothed
-   noise inside ellipses), `fold_mask` (a straight stripe across the slice at a random angle);
+   random-walk curve from an edge across the slice, 1-3 px wide), `blotch_mask` (a few
+   irregular blobs: thresholded smoothed noise inside ellipses), `fold_mask` (a straight
+   stripe across the slice at a random angle);
    ``missing`` is the whole slice;
 2. `apply_damage` writes the damaged appearance into those pixels: missing slices and cracks
    become black (the dtype's minimum), bands black or saturated (either, at random), blotches a
@@ -51,11 +52,18 @@ def band_mask(
 
 
 def crack_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A random-walk curve crossing most of the slice, 1-3 px wide."""
+    """A random-walk curve entering at a random edge and crossing the slice, 1-3 px wide."""
     height, width = shape
     canvas = np.zeros(shape, dtype=np.uint8)
-    y, x = rng.uniform(0, height), rng.uniform(0, width)
-    angle = rng.uniform(0, 2 * np.pi)
+    # Start on a random edge, heading into the slice.
+    edge = int(rng.integers(4))
+    y, x = [
+        (0.0, rng.uniform(0, width)),
+        (float(height), rng.uniform(0, width)),
+        (rng.uniform(0, height), 0.0),
+        (rng.uniform(0, height), float(width)),
+    ][edge]
+    angle = [np.pi / 2, -np.pi / 2, 0.0, np.pi][edge] + rng.uniform(-0.6, 0.6)
     step = max(2.0, min(shape) / 40)
     points = []
     for _ in range(int(1.5 * max(shape) / step)):

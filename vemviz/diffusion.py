@@ -22,7 +22,9 @@ The three parts are kept apart as in ``diffusers``:
   flow blend gets wrong.
 - **schedulers** (`training_scheduler`, `sampling_scheduler`): a 1000-step cosine DDPM schedule
   with ``prediction_type="sample"`` for training, and DDIM with trailing timestep spacing for
-  few-step sampling (10 steps by default, fast enough for CPU).
+  few-step sampling. The default is 1 step: the model's clean estimate from pure noise, i.e.
+  its estimate of the conditional mean, which scored best on held-out FlyEM (PSNR rewards the
+  mean; 10-step samples scored about 1 dB lower, as posterior samples do).
 - **pipeline** (`sample`): DDIM from pure noise; after every step the known pixels are replaced
   by the known slice noised to the next timestep (RePaint), so the damaged pixels are generated
   consistently with the undamaged rest of the slice; the returned image is the model's clean
@@ -168,7 +170,9 @@ def load_model(path: Path | None = None, device: str = "cpu") -> UNet2DModel:
     folder = Path(path) if path is not None else WEIGHTS
     if not (folder / "config.json").is_file():
         raise VemvizError(f"no diffusion model at {folder} (expected config.json and weights)")
-    model = UNet2DModel.from_pretrained(str(folder), torch_dtype=torch.float32)
+    model = UNet2DModel.from_pretrained(
+        str(folder), torch_dtype=torch.float32, low_cpu_mem_usage=False
+    )
     return model.to(device).eval()
 
 
@@ -247,7 +251,7 @@ def sample(
     model: UNet2DModel,
     cond: np.ndarray,
     *,
-    steps: int = 10,
+    steps: int = 1,
     samples: int = 1,
     seed: int = 0,
 ) -> np.ndarray:

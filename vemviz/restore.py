@@ -441,7 +441,7 @@ class DiffusionOptions:
     """How `fill_damage` runs the diffusion model (see `vemviz.diffusion`)."""
 
     weights: Path | None = None
-    steps: int = 10
+    steps: int = 1
     samples: int = 1
     seed: int = 0
     fine_tune: int = 0

@@ -72,7 +72,7 @@ def inpaint(
     detect: bool = False,
     method: str = "auto",
     mask: np.ndarray | None = None,
-    steps: int = 10,
+    steps: int = 1,
     samples: int = 1,
     seed: int = 0,
     fine_tune: int = 0,

@@ -1,7 +1,7 @@
 """Damaged-slice restoration and damage detection on FlyEM (PSNR/SSIM on damaged pixels only).
 
 Restoration: seeded damage (`vemviz.damage`) on FlyEM slices the diffusion model never saw in
-training (z >= 125, every 8th slice), four cases -- (a) one missing slice, (b) two consecutive
+training (z >= 128, every 16th slice), four cases -- (a) one missing slice, (b) two consecutive
 missing slices, (c) a band covering 10 % of a slice, (d) blotches -- restored with the true mask
 by linear interpolation of the neighbours, OpenCV Telea inpainting (partial damage only: a
 missing slice has no pixels to inpaint from), axial optical flow and the diffusion model.
@@ -40,9 +40,9 @@ CASES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first", type=int, default=128, help="first damaged slice")
-    parser.add_argument("--every", type=int, default=8, help="damage every N-th slice")
+    parser.add_argument("--every", type=int, default=16, help="damage every N-th slice")
     parser.add_argument(
-        "--steps", type=int, nargs="+", default=[10], help="diffusion sampler steps (one row each)"
+        "--steps", type=int, nargs="+", default=[1, 10], help="diffusion steps (a row each)"
     )
     parser.add_argument("--samples", type=int, default=1, help="diffusion samples averaged")
     parser.add_argument("--weights", type=Path, default=None, help="diffusion model folder")
