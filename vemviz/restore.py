@@ -39,8 +39,10 @@ mask of the stack:
   reported as ``"region"`` even if its misfit is high (the region explains the misfit).
 
 The thresholds leave every slice of two real stacks unflagged (FlyEM FIB-SEM, 250 slices, and
-serial-section TEM of the Drosophila VNC, 20 slices) while flagging blank, banded, cracked,
-blotched, folded and foreign slices inserted into them (see ``tests/test_restore.py``).
+serial-section TEM of the Drosophila VNC, 20 slices) while flagging blank, banded and foreign
+slices inserted into both, and simulated cracks, blotches and folds in FlyEM (see
+``tests/test_restore.py`` and ``scripts/benchmarks/restore.py``). On thick serial sections
+(VNC, 50 nm) neighbouring sections differ too much for local damage to stand out.
 
 **Restoration** (`fill_damage`) replaces the masked voxels of each damaged slice from the
 nearest undamaged slice on each side (runs of damaged slices are interpolated across at their
