@@ -44,7 +44,6 @@ def _chunked(stage, volume, tmp_path: Path, name: str = "out", **kw) -> np.ndarr
     ("stage", "reference"),
     [
         (InpaintBlocks((9,), method="flow"), lambda v: stages.inpaint(v, slices=(9,))[0]),
-        (InpaintBlocks(detect=True), lambda v: stages.inpaint(v, detect=True)[0]),
         (IsoBlocks(2.0, "flow"), lambda v: stages.iso(v, factor=2, method="flow")[0]),
         (IsoBlocks(3.0, "linear"), lambda v: stages.iso(v, factor=3, method="linear")[0]),
         (IsoBlocks(2.5, "cubic"), lambda v: stages.iso(v, factor=2.5, method="cubic")[0]),
@@ -52,7 +51,6 @@ def _chunked(stage, volume, tmp_path: Path, name: str = "out", **kw) -> np.ndarr
     ],
     ids=[
         "inpaint-flow",
-        "inpaint-detect",
         "iso-flow-x2",
         "iso-linear-x3",
         "iso-cubic-x2.5",

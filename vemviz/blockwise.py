@@ -6,8 +6,8 @@ halo is what makes block results equal to whole-volume results:
 
 - inpaint (`restore.fill_slices`): blocks span z slabs of whole slices (optical flow sees whole
   images); the input slab is widened to the nearest good slice below and above every damaged
-  slice of the block, which is all a filled slice depends on. Detection runs once over the
-  whole volume, streamed slice by slice, before the blocks.
+  slice of the block, which is all a filled slice depends on. Only given whole slices are
+  filled by blocks; damage detection and masks run in memory (`vemviz.restore`).
 - iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
   next one (linear, flow), so a block of output slices reads only its input slab; the natural
   cubic spline is global along z, but its influence decays by ~0.27 per slice, so 16 slices of
@@ -87,59 +87,26 @@ def _span(s: slice) -> tuple[int, int]:
 # --- inpaint ----------------------------------------------------------------------------
 
 
-class _SliceStream:
-    """A lazy (z, y, x) array seen as a sequence of numpy slices, read a slab at a time."""
-
-    def __init__(self, data: Any, runner: Runner) -> None:
-        self.data, self.runner = data, runner
-        self.ndim, self.shape = 3, tuple(data.shape)
-
-    def min(self) -> Any:
-        return self.runner.compute(self.data.min())[0]
-
-    def max(self) -> Any:
-        return self.runner.compute(self.data.max())[0]
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __iter__(self):
-        depth = self.data.chunks[0][0]
-        for z0 in range(0, self.shape[0], depth):
-            (slab,) = self.runner.compute(self.data[z0 : z0 + depth])
-            yield from np.asarray(slab)
-
-
 @dataclass(frozen=True)
 class InpaintBlocks(BlockStage):
     slices: tuple[int, ...] = ()
-    detect: bool = False
-    method: str = "auto"
-    detection: dict[str, Any] | None = field(default=None, compare=False)
+    method: str = "flow"
     name = "inpaint"
     full_planes = True
     bytes_per_voxel = 4.0  # the slab and its copy; the few float planes of a filled slice
 
     def prepare(self, volume: Volume, runner: Runner) -> InpaintBlocks:
-        targets = set(self.slices)
-        detection = None
-        if self.detect:
-            detection = restore_mod.detect_damaged_slices(_SliceStream(lazy(volume), runner))
-            targets.update(int(z) for z in detection["flagged"])
-        if not targets and not self.detect:
-            raise VemvizError("nothing to inpaint: pass --slices 3,17,40-42 and/or --detect")
-        bad = sorted(targets)
+        if not self.slices:
+            raise VemvizError("nothing to inpaint: pass --slices 3,17,40-42")
+        bad = sorted(set(self.slices))
         if bad and len(bad) == volume.shape[0]:
             raise VemvizError(
                 "every slice is marked damaged; there is no good slice to restore from"
             )
-        return replace(self, slices=tuple(bad), detect=False, detection=detection)
+        return replace(self, slices=tuple(bad))
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "filled": list(self.slices)}
-        if self.detection is not None:
-            out["detection"] = self.detection
-        return out
+        return {"method": self.method, "filled": list(self.slices)}
 
     def describe(self) -> dict[str, Any]:
         return {"stage": self.name, "slices": list(self.slices), "method": self.method}

@@ -108,13 +108,19 @@ def pair_flows(a: np.ndarray, b: np.ndarray) -> PairFlow:
     )
 
 
+def warp_pair(
+    a: np.ndarray, b: np.ndarray, t: float, flows: PairFlow
+) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` (float32) each warped to the fractional position ``t`` between them."""
+    return warp(a, flows.b_to_a, t), warp(b, flows.a_to_b, 1.0 - t)
+
+
 def interpolate_frame(a: np.ndarray, b: np.ndarray, t: float, flows: PairFlow) -> np.ndarray:
     """Slice at fractional position ``t`` (0 = ``a``, 1 = ``b``) as float32.
 
     ``flows`` is ``pair_flows(a, b)``; compute it once per pair and reuse it for every ``t``.
     """
-    from_a = warp(a, flows.b_to_a, t)
-    from_b = warp(b, flows.a_to_b, 1.0 - t)
+    from_a, from_b = warp_pair(a, b, t, flows)
     weight_a = (1.0 - t) * flows.confidence_a
     weight_b = t * flows.confidence_b
     return (weight_a * from_a + weight_b * from_b) / (weight_a + weight_b)

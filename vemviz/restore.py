@@ -1,55 +1,101 @@
-"""Find damaged slices in an EM stack and replace them from their good neighbours.
+"""Find damaged slices and damaged regions in an EM stack and restore them from their neighbours.
 
-Detection (`detect_damaged_slices`) gives every slice three scores, each judged against the
-stack itself so that it works for any modality, dtype and noise level:
+**Detection** (`detect_damage`) judges every slice against the stack itself, so that it works
+for any modality, dtype and noise level, and returns per-slice scores plus a boolean damage
+mask of the stack:
 
 - ``contrast``: the slice's intensity spread (1st-99th percentile) divided by the median spread
-  of all slices. A blank or missing slice (near-constant) scores close to 0 -> ``"blank"``.
+  of all slices. A blank or missing slice (near-constant) scores close to 0 -> ``"blank"``
+  (whole slice damaged).
 - ``band``: the fraction of the slice lost to pixels stuck at the stack's minimum or maximum
   value (black or saturated), taken as the largest of: rows that are at least 90 % stuck,
   columns likewise, and the area of stuck blobs that survive a morphological opening (so
   scattered dark or bright pixels do not count). The median over the stack is subtracted, so
-  padding that every slice shares (e.g. after alignment) is not damage -> ``"band"``.
+  padding that every slice shares (e.g. after alignment) is not damage -> ``"band"``; its
+  stuck pixels join the mask.
+- ``region``: local damage (cracks, blotches, folds, bands of any value). Each slice is
+  compared with its two nearest usable neighbours (one on each side where possible), each
+  warped onto it with fast DIS optical flow computed between the two neighbours (not with the
+  damaged slice, whose damage would pull the flow); the two residuals are smoothed (Gaussian,
+  sigma 1.5 px) and combined into the smaller one where they agree in sign and 0 where they
+  do not, so damage in one neighbour does not show up in this slice. The result is divided by
+  the stack's noise scale (median over slices of 1.4826 x the median absolute deviation of the
+  residual against the lower neighbour). Pixels above a seed threshold start regions that grow
+  through pixels above 40 % of it; regions of at least 12 px are kept, their holes filled and
+  the mask dilated by 2 px. Where a slice's references are damaged themselves, each region is
+  checked against the nearest slices undamaged around it and dropped unless it reaches half
+  the seed there (an echo of the neighbours' damage). The seed threshold is 10, raised to
+  2.5 x the median over slices of each slice's 99.9th score percentile for stacks whose
+  neighbours differ much (thick serial sections), so undamaged real slices are not flagged
+  -> ``"region"``.
 - ``misfit``: how much worse the slice correlates with its neighbours than is usual locally. The
   normalised cross-correlation (NCC) of each slice with its better-matching neighbour (neighbours
   already found blank or banded are ignored) is compared with the running median of that value
   over 9 slices; the drop is turned into a robust z-score (divided by 1.4826 x the median
-  absolute deviation of the drops, with a floor of 0.01 NCC). A slice that does not belong
-  (corrupt, displaced, from elsewhere) scores high -> ``"misfit"``.
+  absolute deviation of the drops, with a floor of 0.01 NCC), counted only where the slice's
+  neighbours match each other better than it. A slice that does not belong (corrupt, displaced,
+  from elsewhere) scores high -> ``"misfit"``, as does a slice whose damaged region covers more
+  than half of it; both are damaged as a whole. A slice with a smaller damaged region is
+  reported as ``"region"`` even if its misfit is high (the region explains the misfit).
 
 The thresholds leave every slice of two real stacks unflagged (FlyEM FIB-SEM, 250 slices, and
 serial-section TEM of the Drosophila VNC, 20 slices) while flagging blank, banded and foreign
-slices inserted into them (see ``tests/test_restore.py``).
+slices inserted into both, and simulated cracks, blotches and folds in FlyEM (see
+``tests/test_restore.py`` and ``scripts/benchmarks/restore.py``). On thick serial sections
+(VNC, 50 nm) neighbouring sections differ too much for local damage to stand out.
 
-Filling (`fill_slices`) replaces whole slices from the nearest good slice on each side; runs of
-consecutive bad slices are interpolated across at their fractional positions, and a bad first
-or last slice is copied from the nearest good one. ``linear`` cross-fades the two good slices;
-``flow`` (also ``auto``) follows the motion between them with optical flow and blends both warped
-slices with occlusion-aware weights (`vemviz.flow`). On FlyEM (30 single missing slices) flow
-restores 31.06 dB PSNR against 30.69 dB for linear interpolation (runs of three: 29.01 against
-28.12 dB). Diffusion inpainting is planned for a later version.
+**Restoration** (`fill_damage`) replaces the masked voxels of each damaged slice from the
+nearest undamaged slice on each side (runs of damaged slices are interpolated across at their
+fractional positions; a damaged first or last slice is copied from the nearest good one):
+``linear`` cross-fades the two good slices; ``flow`` follows the motion between them with
+optical flow and blends both warped slices with occlusion-aware weights (`vemviz.flow`);
+``diffusion`` samples the masked pixels from the conditional diffusion model of
+`vemviz.diffusion`, conditioned on the rest of the slice and both flow-warped neighbours,
+optionally fine-tuned on the stack's own undamaged slices first; ``auto`` uses flow for slices
+damaged as a whole and diffusion for partial damage. `fill_slices` does the same for a list
+of whole slices.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from scipy.ndimage import median_filter
+from scipy import ndimage
 
 from vemviz.errors import VemvizError
-from vemviz.flow import PairFlow, interpolate_frame, pair_flows, to_dtype
+from vemviz.flow import (
+    PairFlow,
+    interpolate_frame,
+    pair_flows,
+    to_dtype,
+    to_uint8_pair,
+    warp,
+    warp_pair,
+)
 from vemviz.progress import track
 
 FILL_METHODS = ("auto", "flow", "linear", "diffusion")
-THRESHOLDS = {"contrast": 0.1, "band": 0.0005, "misfit": 8.0}
+THRESHOLDS = {"contrast": 0.1, "band": 0.0005, "misfit": 8.0, "region": 10.0}
+# A slice whose damaged fraction reaches this is restored (and reported) as a whole.
+WHOLE_FRACTION = 0.5
 _THUMBNAIL_SIDE = 512
 _STUCK_LINE = 0.9
 _LOCAL_WINDOW = 9
 _MAD_FLOOR = 0.01
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+_RESIDUAL_SIGMAS = (1.5,)
+_REGION_GROW = 0.4
+_REGION_MIN_AREA = 12
+_REGION_DILATE = 2
+_REGION_TAIL = 2.5
+_ECHO_SEED = 0.8
+_ECHO_MARGIN = 8
+_DIFFUSION_MARGIN = 32
 
 
 def parse_slice_list(text: str, n_slices: int) -> list[int]:
@@ -163,19 +209,181 @@ def _misfit_scores(best_ncc: np.ndarray) -> np.ndarray:
     if valid.sum() < 3:
         return scores
     values = best_ncc[valid]
-    drop = median_filter(values, size=_LOCAL_WINDOW, mode="nearest") - values
+    drop = ndimage.median_filter(values, size=_LOCAL_WINDOW, mode="nearest") - values
     mad = np.median(np.abs(drop - np.median(drop)))
     scores[valid] = drop / (1.4826 * max(float(mad), _MAD_FLOOR))
     return scores
 
 
-def detect_damaged_slices(stack: np.ndarray) -> dict[str, Any]:
-    """Score every slice for damage and flag the damaged ones.
+def _stuck_mask(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Stuck pixels in stuck rows, stuck columns or stuck blobs (as `_stuck_fraction`)."""
+    stuck = ((image == low) | (image == high)).astype(np.uint8)
+    size = max(3, min(image.shape) // 50)
+    mask = cv2.morphologyEx(stuck, cv2.MORPH_OPEN, np.ones((size, size), np.uint8)).astype(bool)
+    mask[stuck.mean(axis=1) >= _STUCK_LINE] = True
+    mask[:, stuck.mean(axis=0) >= _STUCK_LINE] = True
+    return mask & stuck.astype(bool)
 
-    Returns a JSON-serialisable dict: ``scores`` (one ``{"contrast", "band", "misfit"}`` dict per
-    slice), ``flagged`` (sorted z indices), ``reasons`` (``{z: "blank" | "band" | "misfit"}``,
-    the first that applies in that order) and ``threshold`` (the limits used: a slice is flagged
-    when contrast < threshold, band > threshold or misfit > threshold).
+
+def _references(z: int, usable: np.ndarray) -> list[int]:
+    """The nearest usable slice on each side of ``z``, or the two nearest on one side."""
+    others = np.flatnonzero(usable)
+    others = others[others != z]
+    below, above = others[others < z], others[others > z]
+    if below.size and above.size:
+        return [int(below[-1]), int(above[0])]
+    return [int(k) for k in sorted(others, key=lambda k: abs(k - z))[:2]]
+
+
+class _Residuals:
+    """Smoothed residuals of slices against reference slices warped onto them.
+
+    The flow is computed between the two references (never with the slice itself, whose damage
+    would pull the flow), and each reference is warped to the slice's fractional position.
+    """
+
+    def __init__(self, stack: np.ndarray) -> None:
+        self.stack = stack
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+
+    def pair(self, z: int, refs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Slice ``z`` minus each of the two references warped onto it, smoothed, float32."""
+        a, b = refs
+        a8, b8 = to_uint8_pair(self.stack[a], self.stack[b])
+        t = (z - a) / (b - a)
+        from_a = warp(self.stack[a], self.dis.calc(b8, a8, None), t)
+        from_b = warp(self.stack[b], self.dis.calc(a8, b8, None), 1.0 - t)
+        image = self.stack[z].astype(np.float32)
+        return tuple(  # type: ignore[return-value]
+            np.stack(
+                [
+                    cv2.GaussianBlur(image - _matched(ref, image), (0, 0), sigma)
+                    for sigma in _RESIDUAL_SIGMAS
+                ]
+            )
+            for ref in (from_a, from_b)
+        )
+
+
+def _matched(reference: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``reference`` with gain and offset fitted to ``image`` (least squares on every 4th pixel,
+    refitted once without those differing by more than 3 robust deviations, i.e. damage)."""
+    reference_sample, image_sample = reference[::4, ::4].ravel(), image[::4, ::4].ravel()
+    keep = np.ones(image_sample.shape, dtype=bool)
+    for _ in range(2):
+        x, y = reference_sample[keep], image_sample[keep]
+        gain = float(np.cov(x, y)[0, 1] / max(float(np.var(x)), 1e-6))
+        offset = float(y.mean()) - gain * float(x.mean())
+        diff = image_sample - (gain * reference_sample + offset)
+        keep = np.abs(diff - np.median(diff)) <= 3 * max(_mad(diff), 1e-6)
+    return gain * reference + offset
+
+
+def _mad(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation (a robust standard deviation)."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
+def _agreeing(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The smaller magnitude where the two residuals agree in sign, else 0."""
+    agree = np.sign(first) == np.sign(second)
+    return np.where(agree, np.minimum(np.abs(first), np.abs(second)), 0.0)
+
+
+def _span_factor(z: int, refs: list[int]) -> float:
+    """How much larger natural residuals are when the references lie further apart than the
+    usual two slices (a slice beside a blank one, or at the stack's end): span / 2."""
+    return max(1.0, (max(refs + [z]) - min(refs + [z])) / 2.0)
+
+
+def _region_mask(score: np.ndarray, seed: float) -> np.ndarray:
+    """Regions above ``_REGION_GROW * seed`` that hold a pixel above ``seed``, cleaned."""
+    labels, count = ndimage.label(score > _REGION_GROW * seed)
+    if count == 0:
+        return np.zeros(score.shape, dtype=bool)
+    peaks = ndimage.maximum(score, labels, index=np.arange(1, count + 1))
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    keep = np.concatenate([[False], (peaks > seed) & (areas >= _REGION_MIN_AREA)])
+    mask = ndimage.binary_fill_holes(keep[labels])
+    if mask.any():
+        mask = ndimage.binary_dilation(mask, iterations=_REGION_DILATE)
+    return mask
+
+
+def _region_scores(stack: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-slice region masks, peak scores and the seed threshold used (see module docstring).
+
+    Two passes over the stack, so that only one slice of residuals is held at a time: the
+    first measures the noise scale and the tail of the scores, the second builds the masks.
+    """
+    residuals = _Residuals(stack)
+    n_slices = stack.shape[0]
+    mads, tails = [], []
+    for z in track(range(n_slices), "restore: measuring residuals"):
+        refs = _references(z, usable)
+        if len(refs) < 2:
+            continue
+        first, second = residuals.pair(z, refs)
+        mads.append([_mad(level) for level in first])
+        tails.append([float(np.percentile(a, 99.9)) for a in _agreeing(first, second)])
+    masks = np.zeros(stack.shape, dtype=bool)
+    peaks = np.zeros(n_slices)
+    if not mads or not tails:
+        return masks, peaks, float("inf")
+    scale = np.maximum(np.median(mads, axis=0), 1e-6)[:, None, None]
+    seed = max(
+        THRESHOLDS["region"], _REGION_TAIL * float(np.max(np.median(tails, axis=0) / scale.ravel()))
+    )
+    for z in track(range(n_slices), "restore: finding damaged regions"):
+        refs = _references(z, usable)
+        if len(refs) < 2:
+            continue
+        score = (_agreeing(*residuals.pair(z, refs)) / scale).max(axis=0)
+        peaks[z] = float(score.max())
+        masks[z] = _region_mask(score, seed * _span_factor(z, refs))
+    return _drop_echoes(masks, usable, residuals, scale, seed), peaks, seed
+
+
+def _drop_echoes(
+    masks: np.ndarray, usable: np.ndarray, residuals: _Residuals, scale: np.ndarray, seed: float
+) -> np.ndarray:
+    """Remove regions that are echoes of damage in the reference slices.
+
+    Where both neighbours are damaged near the same place their residuals can agree although
+    the slice itself is intact (flow is disturbed around damage, too). Each region of a slice
+    whose references carry damage is scored again against the nearest slices on each side that
+    are undamaged around it (the region dilated by 8 px) and kept only if it reaches half the
+    seed threshold there too.
+    """
+    damaged = masks.reshape(masks.shape[0], -1).any(axis=1)
+    cleaned = masks.copy()
+    for z in (int(k) for k in np.flatnonzero(damaged)):
+        refs = _references(z, usable)
+        if len(refs) < 2 or not damaged[refs].any():
+            continue
+        labels, count = ndimage.label(masks[z])
+        for index in range(1, count + 1):
+            region = labels == index
+            around = ndimage.binary_dilation(region, iterations=_ECHO_MARGIN)
+            clear = usable & ~masks[:, around].any(axis=1)
+            others = _references(z, clear)
+            if len(others) < 2:
+                continue
+            score = (_agreeing(*residuals.pair(z, others)) / scale).max(axis=0)
+            if score[region].max() <= _ECHO_SEED * seed * _span_factor(z, others):
+                cleaned[z] &= ~region
+    return cleaned
+
+
+def detect_damage(stack: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Score every slice for damage; return the report and the damage mask (z, y, x) bool.
+
+    The report is JSON-serialisable: ``scores`` (one ``{"contrast", "band", "misfit", "region",
+    "damaged_fraction"}`` dict per slice), ``flagged`` (sorted z indices), ``reasons`` (``{z:
+    "blank" | "band" | "region" | "misfit"}``, the first that applies in that order, a region
+    covering more than half the slice counting as misfit) and ``threshold`` (the limits used:
+    flagged when contrast < threshold, band > threshold, misfit > threshold, or a region seed
+    above ``region`` -- the value used for this stack).
     """
     _check_stack(stack)
     low, high = float(stack.min()), float(stack.max())
@@ -190,24 +398,38 @@ def detect_damaged_slices(stack: np.ndarray) -> dict[str, Any]:
     banded = band_excess > THRESHOLDS["band"]
     usable = ~(blank | banded)
     misfit = _misfit_scores(_neighbour_ncc(thumbs, usable)) * _odd_one_out(thumbs, usable)
+    regions, peaks, seed = _region_scores(stack, ~blank)
+    mask = np.zeros(stack.shape, dtype=bool)
     reasons: dict[int, str] = {}
     for z in range(stack.shape[0]):
         if blank[z]:
-            reasons[z] = "blank"
+            reasons[z], mask[z] = "blank", True
         elif banded[z]:
-            reasons[z] = "band"
-        elif misfit[z] > THRESHOLDS["misfit"]:
-            reasons[z] = "misfit"
+            reasons[z], mask[z] = "band", regions[z] | _stuck_mask(stack[z], low, high)
+        elif regions[z].any() and regions[z].mean() <= WHOLE_FRACTION:
+            reasons[z], mask[z] = "region", regions[z]
+        elif regions[z].any() or misfit[z] > THRESHOLDS["misfit"]:
+            reasons[z], mask[z] = "misfit", True
     scores = [
-        {"contrast": float(c), "band": float(b), "misfit": float(m)}
-        for c, b, m in zip(contrast_ratio, band_excess, misfit, strict=True)
+        {
+            "contrast": float(c),
+            "band": float(b),
+            "misfit": float(m),
+            "region": float(r),
+            "damaged_fraction": float(mask[z].mean()),
+        }
+        for z, (c, b, m, r) in enumerate(
+            zip(contrast_ratio, band_excess, misfit, peaks, strict=True)
+        )
     ]
-    return {
+    report = {
         "scores": scores,
         "flagged": sorted(reasons),
         "reasons": reasons,
-        "threshold": dict(THRESHOLDS),
+        "threshold": {**THRESHOLDS, "region": seed},
+        "damaged_voxels": int(mask.sum()),
     }
+    return report, mask
 
 
 def _bounds(z: int, good: np.ndarray) -> tuple[int | None, int | None]:
@@ -216,40 +438,152 @@ def _bounds(z: int, good: np.ndarray) -> tuple[int | None, int | None]:
     return (int(below[-1]) if below.size else None, int(above[0]) if above.size else None)
 
 
-def fill_slices(stack: np.ndarray, slices: list[int], method: str = "auto") -> np.ndarray:
-    """Return a copy of ``stack`` with the listed z slices rebuilt from their good neighbours.
+@dataclass
+class DiffusionOptions:
+    """How `fill_damage` runs the diffusion model (see `vemviz.diffusion`)."""
 
-    ``method``: ``"linear"``, ``"flow"`` or ``"auto"`` (= flow). Output dtype = input dtype
-    (rounded and clipped for integer types).
-    """
-    _check_stack(stack)
-    if method == "diffusion":
+    weights: Path | None = None
+    steps: int = 1
+    samples: int = 1
+    seed: int = 0
+    fine_tune: int = 0
+    device: str = "auto"
+
+
+def check_mask(stack: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if mask.shape != stack.shape:
         raise VemvizError(
-            "diffusion inpainting is not available yet in this version; use --method flow or linear"
+            f"the damage mask has shape {tuple(mask.shape)} but the volume has "
+            f"{tuple(stack.shape)}; they must match voxel for voxel"
         )
+    return mask.astype(bool)
+
+
+def slice_methods(mask: np.ndarray, method: str) -> dict[int, str]:
+    """The fill method used for each damaged slice (``auto``: flow whole, diffusion partial)."""
     if method not in FILL_METHODS:
         choices = ", ".join(FILL_METHODS)
         raise VemvizError(f"unknown fill method {method!r}; choose one of {choices}")
-    n_slices = stack.shape[0]
-    bad = sorted(set(slices))
-    _check_in_range(bad, n_slices)
-    good = np.setdiff1d(np.arange(n_slices), bad)
-    if bad and not good.size:
+    fractions = mask.reshape(mask.shape[0], -1).mean(axis=1)
+    chosen = {}
+    for z in np.flatnonzero(fractions > 0):
+        whole = fractions[z] >= WHOLE_FRACTION
+        chosen[int(z)] = ("flow" if whole else "diffusion") if method == "auto" else method
+    return chosen
+
+
+class _DiffusionFiller:
+    """The diffusion model with the stack's intensity range, loaded (and fine-tuned) once."""
+
+    def __init__(self, stack: np.ndarray, mask: np.ndarray, options: DiffusionOptions) -> None:
+        from vemviz import diffusion
+
+        self.diffusion, self.options = diffusion, options
+        self.value_range = diffusion.intensity_range(stack, mask)
+        device = diffusion.pick_device(options.device)
+        self.model = diffusion.load_model(options.weights, device)
+        self.fine_tune_losses: list[float] = []
+        if options.fine_tune:
+            good = [z for z in range(stack.shape[0]) if not mask[z].any()]
+            normalised = diffusion.normalise(stack, self.value_range)
+            self.fine_tune_losses = diffusion.fine_tune(
+                self.model, normalised, good, options.fine_tune, seed=options.seed
+            )
+
+    def fill(
+        self, image: np.ndarray, mask: np.ndarray, below: np.ndarray, above: np.ndarray, t: float
+    ) -> np.ndarray:
+        """Float32 slice with the masked pixels sampled, computed on the damage's bounding box."""
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        y0, y1 = (
+            max(0, rows[0] - _DIFFUSION_MARGIN),
+            min(mask.shape[0], rows[-1] + 1 + _DIFFUSION_MARGIN),
+        )
+        x0, x1 = (
+            max(0, cols[0] - _DIFFUSION_MARGIN),
+            min(mask.shape[1], cols[-1] + 1 + _DIFFUSION_MARGIN),
+        )
+        box = np.s_[y0:y1, x0:x1]
+        norm = [self.diffusion.normalise(a[box], self.value_range) for a in (image, below, above)]
+        cond = self.diffusion.condition(norm[0], mask[box], norm[1], norm[2], t)
+        sampled = self.diffusion.sample(
+            self.model,
+            cond,
+            steps=self.options.steps,
+            samples=self.options.samples,
+            seed=self.options.seed,
+        )
+        out = image.astype(np.float32)
+        out[box] = np.where(
+            mask[box], self.diffusion.denormalise(sampled, self.value_range), out[box]
+        )
+        return out
+
+
+def fill_damage(
+    stack: np.ndarray,
+    mask: np.ndarray,
+    method: str = "auto",
+    diffusion: DiffusionOptions | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Return a copy of ``stack`` with the voxels where ``mask`` is true restored, and a report.
+
+    Each damaged slice is rebuilt from the nearest undamaged slices below and above (see the
+    module docstring); ``method`` is ``"auto"``, ``"flow"``, ``"linear"`` or ``"diffusion"``.
+    Output dtype = input dtype (rounded and clipped for integer types). The report gives the
+    method used per slice and, after fine-tuning, the fine-tuning losses.
+    """
+    _check_stack(stack)
+    mask = check_mask(stack, mask)
+    chosen = slice_methods(mask, method)
+    good = np.flatnonzero(~mask.reshape(mask.shape[0], -1).any(axis=1))
+    if chosen and not good.size:
         raise VemvizError("every slice is marked damaged; there is no good slice to restore from")
     out = stack.copy()
+    filler = None
+    if "diffusion" in chosen.values():
+        filler = _DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
     flows: dict[tuple[int, int], PairFlow] = {}
-    for z in track(bad, "restore: filling slices"):
+    for z in track(sorted(chosen), "restore: filling slices"):
         below, above = _bounds(z, good)
         if below is None or above is None:
-            out[z] = stack[above if below is None else below]
+            source = stack[above if below is None else below]
+            out[z] = np.where(mask[z], source, stack[z])
             continue
         a, b = stack[below], stack[above]
         t = (z - below) / (above - below)
-        if method == "linear":
+        if chosen[z] == "linear":
             values = (1.0 - t) * a.astype(np.float32) + t * b.astype(np.float32)
         else:
             if (below, above) not in flows:
                 flows = {(below, above): pair_flows(a, b)}
-            values = interpolate_frame(a, b, t, flows[(below, above)])
-        out[z] = to_dtype(values, stack.dtype)
-    return out
+            if chosen[z] == "flow":
+                values = interpolate_frame(a, b, t, flows[(below, above)])
+            else:
+                warped_below, warped_above = warp_pair(a, b, t, flows[(below, above)])
+                values = filler.fill(stack[z], mask[z], warped_below, warped_above, t)
+        out[z] = np.where(mask[z], to_dtype(values, stack.dtype), stack[z])
+    report: dict[str, Any] = {"methods": {int(z): m for z, m in chosen.items()}}
+    if filler is not None and filler.fine_tune_losses:
+        losses = filler.fine_tune_losses
+        report["fine_tune"] = {
+            "steps": len(losses),
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+        }
+    return out, report
+
+
+def fill_slices(
+    stack: np.ndarray,
+    slices: list[int],
+    method: str = "auto",
+    diffusion: DiffusionOptions | None = None,
+) -> np.ndarray:
+    """Return a copy of ``stack`` with the listed z slices rebuilt as a whole (`fill_damage`)."""
+    _check_stack(stack)
+    bad = sorted(set(slices))
+    _check_in_range(bad, stack.shape[0])
+    mask = np.zeros(stack.shape, dtype=bool)
+    mask[bad] = True
+    return fill_damage(stack, mask, method, diffusion)[0]

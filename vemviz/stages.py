@@ -68,28 +68,54 @@ def apply_alignment(
     return volume.with_data(out, stage="align"), report
 
 
+def damage_mask(
+    volume: Volume,
+    *,
+    slices: tuple[int, ...] = (),
+    detect: bool = False,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, Report]:
+    """The voxels to restore: given whole ``slices``, a given ``mask`` and/or detected damage."""
+    stack = volume.numpy()
+    report: Report = {}
+    damaged = np.zeros(stack.shape, dtype=bool)
+    if mask is not None:
+        damaged |= restore_mod.check_mask(stack, mask)
+    damaged[list(slices)] = True
+    if detect:
+        report["detection"], detected = restore_mod.detect_damage(stack)
+        damaged |= detected
+    if not detect and mask is None and not slices:
+        raise VemvizError(
+            "nothing to inpaint: pass --slices 3,17,40-42, --mask MASK and/or --detect"
+        )
+    return damaged, report
+
+
 def inpaint(
     volume: Volume,
     *,
     slices: tuple[int, ...] = (),
     detect: bool = False,
     method: str = "auto",
+    mask: np.ndarray | None = None,
+    steps: int = 1,
+    samples: int = 1,
+    seed: int = 0,
+    fine_tune: int = 0,
+    weights: str | None = None,
+    device: str = "auto",
 ) -> tuple[Volume, Report]:
-    """Fill the given and/or detected damaged slices."""
-    stack = volume.numpy()
-    report: Report = {"method": method}
-    targets = set(slices)
-    if detect:
-        detection = restore_mod.detect_damaged_slices(stack)
-        report["detection"] = detection
-        targets.update(int(z) for z in detection["flagged"])
-    if not targets:
-        if not detect:
-            raise VemvizError("nothing to inpaint: pass --slices 3,17,40-42 and/or --detect")
-        report["filled"] = []
-        return volume.with_data(stack, stage="inpaint"), report
-    filled = restore_mod.fill_slices(stack, sorted(targets), method=method)
-    report["filled"] = sorted(targets)
+    """Restore the given slices, the voxels of a given mask and/or the detected damage."""
+    damaged, report = damage_mask(volume, slices=slices, detect=detect, mask=mask)
+    report["method"] = method
+    options = restore_mod.DiffusionOptions(
+        Path(weights) if weights else None, steps, samples, seed, fine_tune, device
+    )
+    filled, fill_report = restore_mod.fill_damage(volume.numpy(), damaged, method, options)
+    report.update(fill_report)
+    report["filled"] = sorted(fill_report["methods"])
+    report["damaged_voxels"] = int(damaged.sum())
     return volume.with_data(filled, stage="inpaint"), report
 
 
