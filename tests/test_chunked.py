@@ -88,7 +88,7 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_segment_labels_consistent_across_blocks(phantom, source, tmp_path) -> None:
-    want = stages.segment(phantom.raw, target="mito")[0].numpy()
+    want = stages.segment(phantom.raw, target="mito", method="classical")[0].numpy()
     got = _chunked(SegmentBlocks("mito", phantom.raw.voxel_size_nm), source, tmp_path)
     assert got.dtype == np.uint32 and got.max() == want.max() > 0
     assert _same_partition(got, want)
@@ -177,7 +177,7 @@ def test_distributed_local_cluster(phantom, source, tmp_path) -> None:
             scheduler=address,
         )  # fmt: skip
     np.testing.assert_array_equal(iso, stages.iso(phantom.raw, factor=2)[0].numpy())
-    want = stages.segment(phantom.raw, target="mito")[0].numpy()
+    want = stages.segment(phantom.raw, target="mito", method="classical")[0].numpy()
     assert _same_partition(labels, want)
 
 
@@ -191,8 +191,8 @@ def test_block_meshing_is_seam_free(phantom, tmp_path) -> None:
     blocks = mesh_blocks(labels, tmp_path / "blocks", options=raw, block=(8, 40, 40), workers=2)
     assert [o["label"] for o in blocks["objects"]] == [o["label"] for o in whole["objects"]]
     for a, b in zip(whole["objects"], blocks["objects"], strict=True):
-        # the welded block surfaces are the whole-volume marching-cubes surfaces (same
-        # triangles; whole-volume meshing runs at level 0.5 - 1e-3, mesh.LEVEL, blocks at 0.5)
+        # the welded block surfaces are the whole-volume marching-cubes surfaces: the same
+        # triangles, vertices at the cube-edge midpoints instead of mesh.LEVEL (0.5 - 1e-3)
         assert b["watertight"] and (a["faces"], a["vertices"]) == (b["faces"], b["vertices"])
         assert b["volume"] == pytest.approx(a["volume"], rel=1e-3)
         tolerance = 0.01 * max(labels.voxel_size_nm)
