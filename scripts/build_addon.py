@@ -66,6 +66,9 @@ def build(out_dir: Path = REPO / "dist", package: Path = PACKAGE) -> Path:
         with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in package_files(package):
                 archive.write(path, Path(package.name) / path.relative_to(package))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp made it private; the zip is an ordinary file
         os.replace(temp, target)
     finally:
         if os.path.exists(temp):
