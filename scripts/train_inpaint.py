@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vemviz import diffusion  # noqa: E402
+from vemviz.device import resolve_device  # noqa: E402
 from vemviz.io import read_volume  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -59,7 +60,7 @@ def main() -> None:
     config = json.loads(args.config.read_text())
     torch.set_num_threads(args.threads)
     torch.manual_seed(config["seed"])
-    device = diffusion.pick_device(args.device)
+    device = resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
 
     sources, weights = load_sources(config, args.data)

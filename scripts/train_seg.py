@@ -24,9 +24,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchmarks.common import DEFAULT_DATA, load_tiff  # noqa: E402
 
+from vemviz.device import resolve_device  # noqa: E402
 from vemviz.io.atomic import write_json  # noqa: E402
 from vemviz.train import TrainOptions, prepare_volume, train, write_log_line  # noqa: E402
-from vemviz.unet import WEIGHTS_DIR, ModelConfig, UNet, load_model, pick_device  # noqa: E402
+from vemviz.unet import WEIGHTS_DIR, ModelConfig, UNet, load_model  # noqa: E402
 
 FLYEM_SPLIT_Z = 125
 EPFL_TRAIN_SLICES = 2
@@ -95,7 +96,7 @@ def main() -> None:
             *previous.get("phases", []),
             {k: previous[k] for k in ("steps", "seconds", "options")},
         ]
-    record = train(model, volumes, options, out=out, device=pick_device(args.device),
+    record = train(model, volumes, options, out=out, device=resolve_device(args.device),
                    info={"data": spec["data"], "script": "scripts/train_seg.py", "phases": phases},
                    log=write_log_line(args.log) if args.log else None)  # fmt: skip
     summary = {"config": spec, "earlier_phases": phases, "steps": record["steps"],

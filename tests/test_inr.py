@@ -8,6 +8,7 @@ import torch
 
 from vemviz import inr
 from vemviz.cli import main
+from vemviz.device import resolve_device
 from vemviz.errors import VemvizError
 from vemviz.io import read_volume, write_volume
 from vemviz.iso import interpolate_z, output_positions, reconstruct_z
@@ -124,7 +125,7 @@ def test_learned_sr_shapes_and_beats_bicubic(cube: np.ndarray) -> None:
         (lambda: inr.train_iso(np.zeros((64, 64)), 4, _training()), "3D"),
         (lambda: inr.train_iso(np.full((4, 64, 64), np.nan), 4, _training()), "NaN"),
         (lambda: inr.train_sr(np.zeros((2, 6, 6)), 2, _training()), "too small"),
-        (lambda: inr.resolve_device("tpu"), "unknown device"),
+        (lambda: resolve_device("tpu"), "unknown device"),
     ],
 )
 def test_bad_inputs(call, message: str) -> None:
@@ -135,7 +136,7 @@ def test_bad_inputs(call, message: str) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_gpu_is_an_error() -> None:
     with pytest.raises(VemvizError, match="no CUDA GPU"):
-        inr.resolve_device("cuda")
+        resolve_device("cuda")
 
 
 def test_cli_inr_save_reuse_uncertainty(cube: np.ndarray, tmp_path, capsys) -> None:

@@ -485,9 +485,10 @@ class SegmentBlocks(BlockStage):
 
     def labels(self, region: np.ndarray) -> np.ndarray:
         if self.method == "learned":
-            from vemviz.unet import load_model, pick_device, shipped_model
+            from vemviz.device import resolve_device
+            from vemviz.unet import load_model, shipped_model
 
-            network = load_model(shipped_model(self.target), pick_device("auto"))
+            network = load_model(shipped_model(self.target), resolve_device("auto"))
             return segment_mod.segment_learned(region, self.voxel, network)[0].astype(np.uint32)
         options = {} if self.threshold is None else {"threshold": self.threshold}
         return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(np.uint32)

@@ -98,18 +98,6 @@ def _torch():
     return torch
 
 
-def pick_device(name: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; ``"cuda"`` must be available."""
-    torch = _torch()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VemvizError("--device cuda was asked for but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise VemvizError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return name
-
-
 # --- intensities ---------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ import torch
 from scipy.interpolate import CubicSpline
 from torch import nn
 
+from vemviz.device import resolve_device
 from vemviz.errors import VemvizError
 from vemviz.io.atomic import atomic_path
 from vemviz.progress import track
@@ -85,17 +86,6 @@ class LearnedModel:
     net: LocalImplicitNet
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VemvizError("--device cuda was requested but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise VemvizError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 # --- network ----------------------------------------------------------------------------------

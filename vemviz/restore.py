@@ -477,10 +477,11 @@ class _DiffusionFiller:
 
     def __init__(self, stack: np.ndarray, mask: np.ndarray, options: DiffusionOptions) -> None:
         from vemviz import diffusion
+        from vemviz.device import resolve_device
 
         self.diffusion, self.options = diffusion, options
         self.value_range = diffusion.intensity_range(stack, mask)
-        device = diffusion.pick_device(options.device)
+        device = resolve_device(options.device)
         self.model = diffusion.load_model(options.weights, device)
         self.fine_tune_losses: list[float] = []
         if options.fine_tune:

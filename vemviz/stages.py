@@ -257,9 +257,10 @@ def _segment_labels(
         labels, report = segment_mod.segment(volume.numpy(), voxel, target)
         probability = None
     elif method == "learned":
-        from vemviz.unet import load_model, pick_device, shipped_model
+        from vemviz.device import resolve_device
+        from vemviz.unet import load_model, shipped_model
 
-        network = load_model(model or shipped_model(target), pick_device("auto"))
+        network = load_model(model or shipped_model(target), resolve_device("auto"))
         if network.config.target != target:
             raise VemvizError(f"{model} is a {network.config.target} model, not a {target} one")
         labels, report, probability = segment_mod.segment_learned(volume.numpy(), voxel, network)

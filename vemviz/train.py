@@ -289,7 +289,8 @@ def fine_tune(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Fine-tune the shipped model for ``target`` (or ``base_model``) on labelled slices."""
-    from vemviz.unet import load_model, pick_device, shipped_model
+    from vemviz.device import resolve_device
+    from vemviz.unet import load_model, shipped_model
 
     model = load_model(base_model or shipped_model(target))
     if model.config.target != target:
@@ -301,4 +302,4 @@ def fine_tune(
     options.patch = patch
     volume = prepare_volume(image, labels, voxel_size_nm, model.config)
     info = {"fine_tuned_from": str(base_model or f"shipped {target}"), "slices": image.shape[0]}
-    return train(model, [volume], options, out=out, device=pick_device(device), info=info)
+    return train(model, [volume], options, out=out, device=resolve_device(device), info=info)

@@ -116,17 +116,6 @@ def shipped_model(target: str) -> Path:
     return path
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` uses CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VemvizError("--device cuda asked for, but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise VemvizError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
-
-
 def resample_planes(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resampling of (N, C, H, W) planes to ``size`` (antialiased when shrinking)."""
     if tuple(planes.shape[-2:]) == tuple(size):
