@@ -72,6 +72,10 @@ SEGMENTATION_WEIGHT = 4.0
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "reimage_error.json"
 PLAN_VERSION = 1
 MIN_REFIT_TILES = 8
+# Refit training steps: on the held-out benchmark volumes 600 steps gave +0.4-0.6 dB more than
+# 3000 (scripts/benchmark.py reimage --train-steps 600 vs 3000): longer training on a few hundred
+# small tiles fits them too closely.
+REFIT_STEPS = 600
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in full-resolution pixels
 
