@@ -355,6 +355,27 @@ def _sample(
     return values, valid
 
 
+def _overlap_samples(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    pose_a: np.ndarray,
+    pose_b: np.ndarray,
+    mesh_a: np.ndarray | None,
+    mesh_b: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Box] | None:
+    """Both tiles rendered over their common panorama box: values a, b, the mask where both
+    are valid, and the box (None without enough common pixels)."""
+    box = _common_box(pose_a, pose_b, image_a.shape)
+    if box is None:
+        return None
+    a, valid_a = _sample(image_a, _tile_maps(pose_a, mesh_a, image_a.shape, box))
+    b, valid_b = _sample(image_b, _tile_maps(pose_b, mesh_b, image_b.shape, box))
+    valid = valid_a & valid_b
+    if valid.sum() < _MIN_OVERLAP_PIXELS:
+        return None
+    return a, b, valid, box
+
+
 def _overlap_ncc(
     image_a: np.ndarray,
     image_b: np.ndarray,
@@ -364,14 +385,10 @@ def _overlap_ncc(
     mesh_b: np.ndarray | None = None,
 ) -> float | None:
     """NCC of both tiles over the panorama pixels that both cover (None if too few)."""
-    box = _common_box(pose_a, pose_b, image_a.shape)
-    if box is None:
+    overlap = _overlap_samples(image_a, image_b, pose_a, pose_b, mesh_a, mesh_b)
+    if overlap is None:
         return None
-    a, valid_a = _sample(image_a, _tile_maps(pose_a, mesh_a, image_a.shape, box))
-    b, valid_b = _sample(image_b, _tile_maps(pose_b, mesh_b, image_b.shape, box))
-    valid = valid_a & valid_b
-    if valid.sum() < _MIN_OVERLAP_PIXELS:
-        return None
+    a, b, valid, _ = overlap
     return ncc(a[valid], b[valid])
 
 
@@ -608,14 +625,10 @@ def _overlap_flow(
     shows at ``q + f``. Samples whose forward and backward flows disagree, or that lie within
     ``_FLOW_BORDER_PX`` of the edge of the common area, are dropped.
     """
-    box = _common_box(pose_a, pose_b, image_a.shape)
-    if box is None:
+    overlap = _overlap_samples(image_a, image_b, pose_a, pose_b, mesh_a, mesh_b)
+    if overlap is None:
         return None
-    a, valid_a = _sample(image_a, _tile_maps(pose_a, mesh_a, image_a.shape, box))
-    b, valid_b = _sample(image_b, _tile_maps(pose_b, mesh_b, image_b.shape, box))
-    valid = valid_a & valid_b
-    if valid.sum() < _MIN_OVERLAP_PIXELS:
-        return None
+    a, b, valid, box = overlap
     a[~valid], b[~valid] = float(a[valid].mean()), float(b[valid].mean())
     a8, b8 = to_uint8_pair(a, b)
     forward, backward = dense_flow(a8, b8), dense_flow(b8, a8)
