@@ -58,8 +58,8 @@ from vemviz.chunked import (
     Runner,
     Work,
     lazy,
+    pending_blocks,
     read_box,
-    region_of,
     write_block,
     write_levels,
 )  # fmt: skip
@@ -502,18 +502,11 @@ class SegmentBlocks(BlockStage):
             )
         faces = work.root / "faces"
         faces.mkdir(exist_ok=True)
-        data = lazy(volume)
-        done = work.done("blocks", len(grid))
-        tasks = []
-        for i in range(len(grid)):
-            if done[i]:
-                continue
-            box = grid.box(i)
-            region_box = self.source(box, volume.shape)
-            tasks.append(_LabelTask(
-                self, region_of(data, region_box), region_box, box, volume.shape, local,
-                faces / f"{i}.npz", work.marker("blocks", i),
-            ))  # fmt: skip
+        tasks = [
+            _LabelTask(self, region, region_box, box, volume.shape, local, faces / f"{i}.npz",
+                       work.marker("blocks", i))
+            for i, box, region_box, region in pending_blocks(self, volume, work, grid)
+        ]  # fmt: skip
         runner.map(_call, tasks, f"segment: blocks ({len(grid) - len(tasks)} done before)")
         tables, objects = merge_tables(grid, [faces / f"{i}.npz" for i in range(len(grid))])
         object.__setattr__(self, "objects", objects)

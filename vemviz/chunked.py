@@ -442,6 +442,19 @@ def region_of(data: da.Array, box: Box) -> da.Array:
     return region
 
 
+def pending_blocks(
+    stage: BlockStage, volume: Volume, work: Work, grid: Grid
+) -> Iterator[tuple[int, Box, Box, Any]]:
+    """(index, box, input box, lazy input region) of every block not yet marked done."""
+    data = lazy(volume)
+    done = work.done("blocks", len(grid))
+    for i in range(len(grid)):
+        if not done[i]:
+            box = grid.box(i)
+            region_box = stage.source(box, volume.shape)
+            yield i, box, region_box, region_of(data, region_box)
+
+
 def run_blocks(
     stage: BlockStage,
     volume: Volume,
@@ -450,18 +463,11 @@ def run_blocks(
     runner: Runner,
 ) -> int:
     """Compute every block not yet marked done into ``work.store``; returns blocks computed."""
-    data = lazy(volume)
-    done = work.done("blocks", len(grid))
-    tasks = []
-    for i in range(len(grid)):
-        if done[i]:
-            continue
-        box = grid.box(i)
-        region_box = stage.source(box, volume.shape)
-        tasks.append(_BlockTask(
-            stage, region_of(data, region_box), region_box, box, work.store,
-            work.marker("blocks", i), grid.levels,
-        ))  # fmt: skip
+    tasks = [
+        _BlockTask(stage, region, region_box, box, work.store, work.marker("blocks", i),
+                   grid.levels)
+        for i, box, region_box, region in pending_blocks(stage, volume, work, grid)
+    ]  # fmt: skip
     runner.map(_call, tasks, f"{stage.name}: blocks ({len(grid) - len(tasks)} done before)")
     return len(tasks)
 
