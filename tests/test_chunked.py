@@ -125,6 +125,15 @@ def test_resume_skips_finished_blocks(phantom, source, tmp_path) -> None:
     assert not work.root.exists()
 
 
+def test_costliest_blocks_are_sent_first(source, tmp_path) -> None:
+    from vemviz.chunked import Grid, pending_blocks
+
+    stage = InpaintBlocks((20, 21), method="flow")
+    grid = Grid(source.shape, (4, *source.shape[1:]))
+    order = [i for i, *_ in pending_blocks(stage, source, Work.beside(tmp_path / "o"), grid)]
+    assert order[0] == 5 and sorted(order) == list(range(len(grid)))
+
+
 def test_pyramid_and_voxel_size(phantom, source, tmp_path) -> None:
     out = tmp_path / "sr.ome.zarr"
     run_chunked(SrBlocks(4.0), source, out, block=(8, 256, 256), workers=2)
@@ -144,6 +153,8 @@ def test_plan_grid_follows_the_budget() -> None:
     assert np.prod(grid.block) * 24 * 2 <= 2**30
     small = plan_grid(SegmentBlocks("mito", (40, 8, 8)), (256, 2048, 2048), 2**30, 2)
     assert np.prod(small.block) * 160 * 2 <= 2**30
+    roomy = plan_grid(IsoBlocks(2.0, "linear"), (64, 1024, 1024), 2**36, 2)
+    assert len(roomy) >= 8  # a budget that fits everything still gives each worker 4 blocks
     assert parse_memory("4GiB") == 4 * 2**30 and parse_memory("512MB") == 512 * 2**20
     with pytest.raises(VemvizError, match="memory-budget"):
         parse_memory("lots")

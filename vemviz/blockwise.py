@@ -111,6 +111,10 @@ class InpaintBlocks(BlockStage):
     def describe(self) -> dict[str, Any]:
         return {"stage": self.name, "slices": list(self.slices), "method": self.method}
 
+    def cost(self, box: Box) -> float:
+        z0, z1 = _span(box[0])
+        return 1.0 + sum(z0 <= z < z1 for z in self.slices)
+
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
         bad = set(self.slices)
         z0, z1 = _span(box[0])
@@ -372,27 +376,47 @@ def _face_pairs(lower: np.ndarray, upper: np.ndarray) -> list[tuple[int, int]]:
     ]
 
 
-def merge_tables(grid: Grid, face_files: list[Path]) -> tuple[list[np.ndarray], int]:
-    """Per block a lookup table local id -> global id (0 stays 0), and the number of objects."""
+@dataclass(frozen=True)
+class _FacePairsTask:
+    """The object pairs across the face between block ``lower`` and the next one along ``axis``."""
+
+    lower: int
+    upper: int
+    axis: str
+    face_files: tuple[Path, Path]
+
+    def __call__(self) -> tuple[int, int, list[tuple[int, int]]]:
+        with np.load(self.face_files[0]) as a, np.load(self.face_files[1]) as b:
+            pairs = _face_pairs(a[f"{self.axis}1"], b[f"{self.axis}0"])
+        return self.lower, self.upper, pairs
+
+
+def merge_tables(
+    grid: Grid, face_files: list[Path], runner: Runner
+) -> tuple[list[np.ndarray], int]:
+    """Per block a lookup table local id -> global id (0 stays 0), and the number of objects.
+
+    The faces between neighbouring blocks are compared on the runner's workers.
+    """
     counts = []
     for path in face_files:
         with np.load(path) as data:
             counts.append(int(data["count"]))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(offsets[-1]) + 1
-    edges_a, edges_b = [], []
     strides = np.array([np.prod(grid.counts[a + 1 :]) for a in range(3)], dtype=int)
-    for i in range(len(grid)):
-        index = grid.index(i)
-        for axis, name in enumerate("zyx"):
-            if index[axis] + 1 >= grid.counts[axis]:
-                continue
-            j = i + int(strides[axis])
-            with np.load(face_files[i]) as a, np.load(face_files[j]) as b:
-                lower, upper = a[f"{name}1"], b[f"{name}0"]
-            for id_a, id_b in _face_pairs(lower, upper):
-                edges_a.append(offsets[i] + id_a)
-                edges_b.append(offsets[j] + id_b)
+    tasks = [
+        _FacePairsTask(i, i + int(strides[axis]), name,
+                       (face_files[i], face_files[i + int(strides[axis])]))
+        for i in range(len(grid))
+        for axis, name in enumerate("zyx")
+        if grid.index(i)[axis] + 1 < grid.counts[axis]
+    ]  # fmt: skip
+    edges_a, edges_b = [], []
+    for i, j, pairs in runner.map(_call, tasks, "segment: matching objects across block faces"):
+        for id_a, id_b in pairs:
+            edges_a.append(offsets[i] + id_a)
+            edges_b.append(offsets[j] + id_b)
     graph = coo_matrix(
         (np.ones(len(edges_a)), (np.array(edges_a, int), np.array(edges_b, int))),
         shape=(total, total),
@@ -508,7 +532,8 @@ class SegmentBlocks(BlockStage):
             for i, box, region_box, region in pending_blocks(self, volume, work, grid)
         ]  # fmt: skip
         runner.map(_call, tasks, f"segment: blocks ({len(grid) - len(tasks)} done before)")
-        tables, objects = merge_tables(grid, [faces / f"{i}.npz" for i in range(len(grid))])
+        face_files = [faces / f"{i}.npz" for i in range(len(grid))]
+        tables, objects = merge_tables(grid, face_files, runner)
         object.__setattr__(self, "objects", objects)
         done = work.done("relabel", len(grid))
         relabel = [

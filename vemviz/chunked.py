@@ -10,7 +10,8 @@ that input box by calling the stage's ordinary array function, then cropping the
 Stages that change the shape map output blocks to input boxes (iso: z times the factor, sr:
 y and x times the scale). Memory is bounded by the block size times the number of blocks in
 flight, never by the volume: `plan_grid` picks the block shape from ``--memory-budget``, the
-number of workers and the stage's working bytes per voxel.
+number of workers and the stage's working bytes per voxel, then splits further until each
+worker has several blocks, so that one slow block does not leave the other workers idle.
 
 Execution. Blocks run on a local thread pool, or, with ``--scheduler ADDRESS`` (or
 ``VEMVIZ_SCHEDULER``), as tasks on a dask.distributed cluster: each task reads its input box
@@ -62,6 +63,10 @@ SCHEDULER_ENV = "VEMVIZ_SCHEDULER"
 DEFAULT_BUDGET = 4 * 2**30
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _CHUNK_XY = 512
+# Blocks per worker when the budget allows bigger ones: blocks differ in cost (a slab with a
+# damaged slice, a block full of objects), and smaller blocks keep every worker busy to the end.
+BLOCKS_PER_WORKER = 4
+MIN_BLOCK_VOXELS = 2**23
 
 
 def parse_memory(text: str) -> int:
@@ -110,6 +115,10 @@ class BlockStage:
     def prepare(self, volume: Volume, runner: Runner) -> BlockStage:
         """The stage with any whole-volume figures it needs (value range, damaged slices)."""
         return self
+
+    def cost(self, box: Box) -> float:
+        """Relative work of output ``box``; the costliest blocks are sent first."""
+        return 1.0
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         """Compute the blocks not done yet into ``work.store``; returns how many ran."""
@@ -190,7 +199,11 @@ def plan_grid(
     workers: int,
     block: Sequence[int] | None = None,
 ) -> Grid:
-    """Block grid for ``stage``: the given ``block``, or the largest one the budget allows."""
+    """Block grid for ``stage``: the given ``block``, or one from the budget.
+
+    Without ``block``, blocks are halved until one per worker fits ``budget``, then further
+    (down to `MIN_BLOCK_VOXELS`) until each worker has `BLOCKS_PER_WORKER` of them.
+    """
     shape = stage.out_shape(in_shape)
     unit = _unit(stage, shape)
     if block is not None:
@@ -203,12 +216,23 @@ def plan_grid(
     voxels = budget / (max(workers, 1) * stage.bytes_per_voxel)
     chosen = list(shape)
     axes = (0,) if stage.full_planes else (0, 1, 2)
-    while np.prod(chosen) > voxels:
+
+    def halve() -> bool:
         axis = max(axes, key=lambda a: chosen[a] / unit[a])
         halved = max(unit[axis], (chosen[axis] // 2) // unit[axis] * unit[axis])
         if halved == chosen[axis]:
-            break
+            return False
         chosen[axis] = halved
+        return True
+
+    while np.prod(chosen) > voxels and halve():
+        pass
+    while (
+        len(Grid(shape, tuple(chosen))) < BLOCKS_PER_WORKER * max(workers, 1)  # type: ignore[arg-type]
+        and np.prod(chosen) >= 2 * MIN_BLOCK_VOXELS
+        and halve()
+    ):
+        pass
     if np.prod(chosen) > voxels * 4:
         need = np.prod(chosen) * stage.bytes_per_voxel * max(workers, 1) / 2**20
         raise VemvizError(
@@ -445,14 +469,15 @@ def region_of(data: da.Array, box: Box) -> da.Array:
 def pending_blocks(
     stage: BlockStage, volume: Volume, work: Work, grid: Grid
 ) -> Iterator[tuple[int, Box, Box, Any]]:
-    """(index, box, input box, lazy input region) of every block not yet marked done."""
+    """(index, box, input box, lazy input region) of every block not yet marked done, costliest
+    first (`BlockStage.cost`), so that no long block starts last while the other workers idle."""
     data = lazy(volume)
     done = work.done("blocks", len(grid))
-    for i in range(len(grid)):
-        if not done[i]:
-            box = grid.box(i)
-            region_box = stage.source(box, volume.shape)
-            yield i, box, region_box, region_of(data, region_box)
+    pending = [i for i in range(len(grid)) if not done[i]]
+    for i in sorted(pending, key=lambda i: -stage.cost(grid.box(i))):
+        box = grid.box(i)
+        region_box = stage.source(box, volume.shape)
+        yield i, box, region_box, region_of(data, region_box)
 
 
 def run_blocks(

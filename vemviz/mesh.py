@@ -140,9 +140,7 @@ def surface_area(points: np.ndarray, faces: np.ndarray) -> float:
     return float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2.0)
 
 
-def smooth(
-    points: np.ndarray, faces: np.ndarray, iterations: int, pass_band: float
-) -> np.ndarray:
+def smooth(points: np.ndarray, faces: np.ndarray, iterations: int, pass_band: float) -> np.ndarray:
     """Windowed-sinc (Taubin) smoothing of the vertices; the faces are unchanged."""
     cells = np.hstack([np.full((len(faces), 1), 3, dtype=np.int64), faces]).ravel()
     poly = pv.PolyData(points, cells)

@@ -274,6 +274,7 @@ def _segmenter(target: str | None, voxel_size_nm: tuple[float, float, float]):
     """An array -> instance labels function for `reimage.assess`, or None without a target."""
     if target is None:
         return None
+
     def labels(data: np.ndarray) -> np.ndarray:
         return _segment_labels(Volume(data, voxel_size_nm), target, None, "learned", None)[0]
 

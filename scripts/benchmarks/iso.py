@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--time-budget", type=float, default=inr.Training().time_budget,
                         help="inr training seconds")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=inr.Training().steps,
+                        help="inr training steps (the time budget may stop it first)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vnc", action="store_true", help="skip the VNC stack")
     parser.add_argument("--vnc-crop", type=int, default=256, help="VNC y/x crop (px)")
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _training(args: argparse.Namespace) -> inr.Training:
-    return inr.Training(time_budget=args.time_budget, seed=args.seed)
+    return inr.Training(steps=args.steps, time_budget=args.time_budget, seed=args.seed)
 
 
 def _xz_figure(panels: list[np.ndarray], path: Path, aspect: float = 1.0) -> Path:
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> Result:
     rows: list[dict] = []
     notes = [
         "FlyEM 250^3, keep every F-th slice, PSNR/SSIM on synthesized slices only; inr trained on "
-        f"the decimated volume only (time budget {args.time_budget} s, seed {args.seed}); "
+        f"the decimated volume only ({args.steps} steps, time budget {args.time_budget} s, "
+        f"seed {args.seed}); "
         f"load average at start {os.getloadavg()[0]:.2f}; peak_mib is the process peak so far",
     ]
     figures = []

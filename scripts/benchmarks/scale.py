@@ -36,7 +36,7 @@ from benchmarks.common import ROOT, Result
 STAGES = {
     "inpaint": ["inpaint", "--method", "flow"],
     "iso": ["iso", "--factor", "2"],
-    "segment": ["segment", "--target", "mito"],
+    "segment": ["segment", "--target", "mito"],  # + --method from --segment-method
 }
 
 
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", default="256,2048,2048", help="Z,Y,X of the volume")
     parser.add_argument("--stages", default="inpaint,iso,segment")
     parser.add_argument("--iso-method", default="flow", choices=("flow", "linear", "cubic"))
+    parser.add_argument("--segment-method", default="classical", choices=("classical", "learned"))
     parser.add_argument("--workers", default="1,2", help="worker process counts to compare")
     parser.add_argument("--memory-budget", default="1GiB")
     parser.add_argument("--tmp", type=Path, help="scratch folder (default: a temporary one)")
@@ -153,7 +154,7 @@ def run_cli(
     return seconds, peak / 2**20, err
 
 
-def compare_small(tmp: Path, iso_method: str) -> list[str]:
+def compare_small(tmp: Path, iso_method: str, segment_method: str) -> list[str]:
     """Chunked (small blocks) against in-memory results on a volume that fits."""
     import vemviz
     from vemviz import blockwise, chunked, stages
@@ -169,8 +170,8 @@ def compare_small(tmp: Path, iso_method: str) -> list[str]:
          stages.inpaint(raw, slices=(9,), method="flow")[0]),
         ("iso", blockwise.IsoBlocks(2.0, iso_method),
          stages.iso(raw, factor=2, method=iso_method)[0]),
-        ("segment", blockwise.SegmentBlocks("mito", raw.voxel_size_nm),
-         stages.segment(raw, target="mito")[0]),
+        ("segment", blockwise.SegmentBlocks("mito", raw.voxel_size_nm, method=segment_method),
+         stages.segment(raw, target="mito", method=segment_method)[0]),
     ]  # fmt: skip
     for name, stage, reference in cases:
         out = tmp / f"small-{name}.ome.zarr"
@@ -198,12 +199,13 @@ def run(args: argparse.Namespace) -> Result:
     make_seconds = time.perf_counter() - start
     mvox = float(np.prod(shape)) / 1e6
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VEMVIZ_PROGRESS": "off"}
-    equal = compare_small(tmp, args.iso_method)
+    equal = compare_small(tmp, args.iso_method, args.segment_method)
     print("\n".join(equal), flush=True)
     rows = []
     stage_args = dict(STAGES)
     stage_args["inpaint"] = [*STAGES["inpaint"], "--slices", ",".join(map(str, blank))]
     stage_args["iso"] = [*STAGES["iso"], "--method", args.iso_method]
+    stage_args["segment"] = [*STAGES["segment"], "--method", args.segment_method]
     for name in args.stages.split(","):
         for workers in (int(w) for w in args.workers.split(",")):
             with cluster(workers, tmp, env) as (address, processes):
@@ -216,7 +218,8 @@ def run(args: argparse.Namespace) -> Result:
                 seconds, peak, _ = run_cli(command, env, processes)
                 out_mvox = float(np.prod(__import__("vemviz").read_volume(out).shape)) / 1e6
                 rows.append({
-                    "stage": name if name != "iso" else f"iso x2 ({args.iso_method})",
+                    "stage": {"iso": f"iso x2 ({args.iso_method})",
+                              "segment": f"segment ({args.segment_method})"}.get(name, name),
                     "workers": workers, "seconds": round(seconds, 1),
                     "in MVox/s": round(mvox / seconds, 2),
                     "out MVox/s": round(out_mvox / seconds, 2),
