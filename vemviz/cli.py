@@ -153,7 +153,8 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
-    whole_slices = not args.detect and args.mask is None and args.method != "diffusion"
+    blockwise_method = args.method in ("auto", "flow", "linear")
+    whole_slices = not args.detect and args.mask is None and blockwise_method
     method = "flow" if args.method == "auto" else args.method  # auto: flow for whole slices
     stage = lambda: blockwise.InpaintBlocks(slices, method=method)  # noqa: E731
     if whole_slices and _chunked(args, volume, stage):
@@ -165,6 +166,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     out, fill_report = stages.inpaint(
         volume, method=args.method, mask=damaged, steps=args.steps, samples=args.samples,
         seed=args.seed, fine_tune=args.fine_tune, weights=args.weights, device=args.device,
+        time_budget=args.time_budget,
     )  # fmt: skip
     _finish(args, out, {**report, **fill_report})
 
@@ -439,15 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--slices", metavar="LIST", help="slices to restore, e.g. 3,17,40-42")
     p.add_argument("--detect", action="store_true", help="find damaged slices automatically")
-    p.add_argument("--method", choices=("auto", "flow", "diffusion", "linear"), default="auto")
+    p.add_argument("--method", choices=("auto", "flow", "diffusion", "linear", "inr"),
+                   default="auto")  # fmt: skip
     p.add_argument("--mask", type=Path, metavar="MASK", help="damage mask volume (non-zero = bad)")
     p.add_argument("--mask-out", type=Path, metavar="PATH", help="write the damage mask used")
     p.add_argument("--steps", type=int, default=1, help="diffusion sampler steps (1: x0 estimate)")
     p.add_argument("--samples", type=int, default=1, help="diffusion samples averaged")
-    p.add_argument("--seed", type=int, default=0, help="diffusion random seed")
+    p.add_argument("--seed", type=int, default=0, help="diffusion and inr random seed")
     p.add_argument("--fine-tune", type=int, default=0, metavar="STEPS",
                    help="fine-tune the diffusion model on this volume first")  # fmt: skip
     p.add_argument("--weights", metavar="DIR", help="diffusion model folder (default: shipped)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="inr: training time limit per gap length (default 240)")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     _add_common(p)
     _add_scale(p)

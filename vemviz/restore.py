@@ -51,9 +51,15 @@ fractional positions; a damaged first or last slice is copied from the nearest g
 optical flow and blends both warped slices with occlusion-aware weights (`vemviz.flow`);
 ``diffusion`` samples the masked pixels from the conditional diffusion model of
 `vemviz.diffusion`, conditioned on the rest of the slice and both flow-warped neighbours,
-optionally fine-tuned on the stack's own undamaged slices first; ``auto`` uses flow for slices
-damaged as a whole and diffusion for partial damage. `fill_slices` does the same for a list
-of whole slices.
+optionally fine-tuned on the stack's own undamaged slices first; ``inr`` treats a gap of ``g``
+slices as isotropic reconstruction by a factor ``g`` (times the z/xy voxel ratio): the local
+implicit network of `vemviz.inr` is trained on the XY planes of the undamaged slices (one
+network per gap length) and decodes the missing positions from up to 8 good slices spaced
+``g`` apart on each side, so it sees how structure continues through several sections, not
+only the two nearest (``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.08 dB
+against flow 31.61 and linear 31.57; two consecutive 30.97 against 30.52 and 29.83); ``auto`` uses
+flow for slices damaged as a whole and diffusion for partial damage. `fill_slices` does the
+same for a list of whole slices.
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ from vemviz.flow import (
 )
 from vemviz.progress import track
 
-FILL_METHODS = ("auto", "flow", "linear", "diffusion")
+FILL_METHODS = ("auto", "flow", "linear", "diffusion", "inr")
 THRESHOLDS = {"contrast": 0.1, "band": 0.0005, "misfit": 8.0, "region": 10.0}
 # A slice whose damaged fraction reaches this is restored (and reported) as a whole.
 WHOLE_FRACTION = 0.5
@@ -96,6 +102,7 @@ _REGION_TAIL = 2.5
 _ECHO_SEED = 0.8
 _ECHO_MARGIN = 8
 _DIFFUSION_MARGIN = 32
+_INR_CONTEXT = 8  # good slices used on each side of a gap by the inr filler
 
 
 def parse_slice_list(text: str, n_slices: int) -> list[int]:
@@ -521,16 +528,60 @@ class _DiffusionFiller:
         return out
 
 
+class _InrFiller:
+    """Gap filling by the self-supervised isotropic network, one network per gap length."""
+
+    def __init__(
+        self, stack: np.ndarray, good: np.ndarray, voxel_size_nm: Any, training: Any
+    ) -> None:
+        from vemviz import inr
+        from vemviz.volume import validate_voxel_size
+
+        if voxel_size_nm is None:
+            raise VemvizError(
+                "--method inr needs the voxel size (the network learns z from the XY planes "
+                "at the z/xy ratio): pass --voxel-size Z,Y,X in nm"
+            )
+        z, y, x = validate_voxel_size(voxel_size_nm)
+        self.inr, self.stack, self.good = inr, stack, good
+        self.ratio = z / (0.5 * (y + x))
+        self.training = training or inr.Training()
+        self.models: dict[int, Any] = {}
+
+    def fill(self, z: int, below: int, above: int) -> np.ndarray:
+        gap = above - below
+        if gap not in self.models:
+            self.models[gap] = self.inr.train_iso(
+                self.stack[self.good], gap * self.ratio, self.training
+            )
+        usable = set(self.good.tolist())
+        rows = [below, above]
+        for _ in range(_INR_CONTEXT - 1):
+            if rows[0] - gap in usable:
+                rows.insert(0, rows[0] - gap)
+            if rows[-1] + gap in usable:
+                rows.append(rows[-1] + gap)
+        position = rows.index(below) + (z - below) / gap
+        values, _ = self.inr.reconstruct_iso(
+            self.models[gap], self.stack[rows], np.array([position])
+        )
+        return values[0]
+
+
 def fill_damage(
     stack: np.ndarray,
     mask: np.ndarray,
     method: str = "auto",
     diffusion: DiffusionOptions | None = None,
+    *,
+    voxel_size_nm: Any = None,
+    training: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Return a copy of ``stack`` with the voxels where ``mask`` is true restored, and a report.
 
     Each damaged slice is rebuilt from the nearest undamaged slices below and above (see the
-    module docstring); ``method`` is ``"auto"``, ``"flow"``, ``"linear"`` or ``"diffusion"``.
+    module docstring); ``method`` is ``"auto"``, ``"flow"``, ``"linear"``, ``"diffusion"`` or
+    ``"inr"`` (which needs ``voxel_size_nm``; ``training`` is its `vemviz.inr.Training`).
     Output dtype = input dtype (rounded and clipped for integer types). The report gives the
     method used per slice and, after fine-tuning, the fine-tuning losses.
     """
@@ -544,6 +595,8 @@ def fill_damage(
     filler = None
     if "diffusion" in chosen.values():
         filler = _DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
+    if "inr" in chosen.values():
+        inr_filler = _InrFiller(stack, good, voxel_size_nm, training)
     flows: dict[tuple[int, int], PairFlow] = {}
     for z in track(sorted(chosen), "restore: filling slices"):
         below, above = _bounds(z, good)
@@ -555,6 +608,8 @@ def fill_damage(
         t = (z - below) / (above - below)
         if chosen[z] == "linear":
             values = (1.0 - t) * a.astype(np.float32) + t * b.astype(np.float32)
+        elif chosen[z] == "inr":
+            values = inr_filler.fill(z, below, above)
         else:
             if (below, above) not in flows:
                 flows = {(below, above): pair_flows(a, b)}
@@ -580,11 +635,13 @@ def fill_slices(
     slices: list[int],
     method: str = "auto",
     diffusion: DiffusionOptions | None = None,
+    **options: Any,
 ) -> np.ndarray:
-    """Return a copy of ``stack`` with the listed z slices rebuilt as a whole (`fill_damage`)."""
+    """Return a copy of ``stack`` with the listed z slices rebuilt as a whole (`fill_damage`,
+    which also takes the ``options``)."""
     _check_stack(stack)
     bad = sorted(set(slices))
     _check_in_range(bad, stack.shape[0])
     mask = np.zeros(stack.shape, dtype=bool)
     mask[bad] = True
-    return fill_damage(stack, mask, method, diffusion)[0]
+    return fill_damage(stack, mask, method, diffusion, **options)[0]

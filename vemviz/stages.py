@@ -106,14 +106,19 @@ def inpaint(
     fine_tune: int = 0,
     weights: str | None = None,
     device: str = "auto",
+    time_budget: float | None = None,
 ) -> tuple[Volume, Report]:
-    """Restore the given slices, the voxels of a given mask and/or the detected damage."""
+    """Restore the given slices, the voxels of a given mask and/or the detected damage
+    (``time_budget``: training seconds per gap length for ``method="inr"``)."""
     damaged, report = damage_mask(volume, slices=slices, detect=detect, mask=mask)
     report["method"] = method
     options = restore_mod.DiffusionOptions(
         Path(weights) if weights else None, steps, samples, seed, fine_tune, device
     )
-    filled, fill_report = restore_mod.fill_damage(volume.numpy(), damaged, method, options)
+    filled, fill_report = restore_mod.fill_damage(
+        volume.numpy(), damaged, method, options, voxel_size_nm=volume.voxel_size_nm,
+        training=_training(time_budget, device, seed) if method == "inr" else None,
+    )  # fmt: skip
     report.update(fill_report)
     report["filled"] = sorted(fill_report["methods"])
     report["damaged_voxels"] = int(damaged.sum())

@@ -4,7 +4,8 @@ Restoration: seeded damage (`vemviz.damage`) on FlyEM slices the diffusion model
 training (z >= 128, every 16th slice), four cases -- (a) one missing slice, (b) two consecutive
 missing slices, (c) a band covering 10 % of a slice, (d) blotches -- restored with the true mask
 by linear interpolation of the neighbours, OpenCV Telea inpainting (partial damage only: a
-missing slice has no pixels to inpaint from), axial optical flow and the diffusion model.
+missing slice has no pixels to inpaint from), axial optical flow, the self-supervised ``inr``
+(whole slices; trained on the damaged stack's undamaged slices) and the diffusion model.
 PSNR pools the squared error over all damaged pixels of a case; SSIM is the mean of the SSIM
 map (7 px window) over the damaged pixels. Seconds are per damaged slice.
 
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None, help="diffusion model folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-detection", action="store_true")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
 
 
 def _ssim_on(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
@@ -75,13 +77,15 @@ def _damage(stack: np.ndarray, case: str, args: argparse.Namespace) -> tuple[np.
     return simulate_damage(stack, requests, seed=args.seed)
 
 
-def _restoration_rows(stack: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _restoration_rows(
+    stack: np.ndarray, voxel: tuple[float, ...], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     rows = []
-    for case in CASES:
+    for case in args.cases.split(","):
         damaged, mask = _damage(stack, case, args)
         n_slices = int(mask.reshape(mask.shape[0], -1).any(axis=1).sum())
         whole = bool(mask[mask.reshape(mask.shape[0], -1).any(axis=1)].all())
-        methods = ["linear", "flow"] if whole else ["linear", "telea", "flow"]
+        methods = ["linear", "flow", "inr"] if whole else ["linear", "telea", "flow"]
         methods += [f"diffusion {steps} steps" for steps in args.steps]
         for method in methods:
             start = time.perf_counter()
@@ -92,7 +96,7 @@ def _restoration_rows(stack: np.ndarray, args: argparse.Namespace) -> list[dict[
                 options = DiffusionOptions(args.weights, steps, args.samples, args.seed)
                 out = fill_damage(damaged, mask, "diffusion", options)[0]
             else:
-                out = fill_damage(damaged, mask, method)[0]
+                out = fill_damage(damaged, mask, method, voxel_size_nm=voxel)[0]
             seconds = time.perf_counter() - start
             rows.append(
                 {
@@ -147,8 +151,8 @@ def _detection(stack: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Result:
-    stack, _ = load_tiff(args.data / "flyem_medulla_10nm" / "raw.tif")
-    rows = _restoration_rows(stack, args)
+    stack, voxel = load_tiff(args.data / "flyem_medulla_10nm" / "raw.tif")
+    rows = _restoration_rows(stack, voxel, args)
     notes = [
         f"FlyEM 250^3 (10 nm), damage every {args.every}th slice from z={args.first} "
         "(the diffusion model was trained on z < 125 plus VNC and EPFL)",
