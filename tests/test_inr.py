@@ -125,6 +125,9 @@ def test_learned_sr_shapes_and_beats_bicubic(cube: np.ndarray) -> None:
         (lambda: inr.train_iso(np.zeros((64, 64)), 4, _training()), "3D"),
         (lambda: inr.train_iso(np.full((4, 64, 64), np.nan), 4, _training()), "NaN"),
         (lambda: inr.train_sr(np.zeros((2, 6, 6)), 2, _training()), "too small"),
+        (lambda: inr.train_gap(np.zeros((4, 8, 8)), 1.0, 1, _training()), "too small"),
+        (lambda: inr.train_gap(np.zeros((4, 20, 20)), 10.0, 1, _training()), "too small"),
+        (lambda: inr.train_gap(np.zeros((4, 64, 64)), 1.0, 0, _training()), "run >= 1"),
         (lambda: resolve_device("tpu"), "unknown device"),
     ],
 )

@@ -1,6 +1,6 @@
 """Self-supervised learned upsampling: a local implicit function trained on the volume itself.
 
-One model family serves two stages:
+One model family serves three stages:
 
 - **isotropic reconstruction** (`vemviz.iso`, method ``inr``): the z axis of anisotropic VEM is
   sampled ``F`` times more coarsely than x and y. The fine structure that is missing along z is
@@ -10,6 +10,10 @@ One model family serves two stages:
   between. It is then applied to the XZ and YZ planes of the volume, whose rows are the real z
   slices, and the two passes are averaged; half their absolute difference is the per-voxel
   uncertainty. Only the input volume is used for training (never any held-out truth).
+- **missing slices** (`vemviz.restore`, method ``inr``, `train_gap`): XY planes are decimated
+  to the z spacing (rows every z/xy voxel ratio) and ``run`` consecutive kept rows removed; the
+  network learns to restore them from the kept rows on both sides. It is applied to the XZ and
+  YZ planes of the good slices around a gap, as they are.
 - **lateral super-resolution** (`vemviz.sr`, method ``learned``): the same idea in XY. Each
   slice is area-downsampled by the scale ``S`` and the network learns to restore it from the
   smaller copy; it is then applied to the original slices (zero-shot, "downsample then
@@ -229,6 +233,42 @@ def _iso_sample(
     return block[local], index, frac, base.astype(np.float32), block[targets]
 
 
+def _gap_sample(
+    planes: np.ndarray,
+    spacing: float,
+    run: int,
+    context: int,
+    patch: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, ...]:
+    """One gap-filling patch: rows every ``spacing`` px, ``run`` consecutive ones removed.
+
+    The kept rows are ``context`` on each side of the gap; the targets are the removed rows.
+    Positions are in units of kept rows (the gap is one unit), as `_decode_planes` sees them.
+    """
+    plane = planes[rng.integers(len(planes))]
+    if rng.random() < 0.5:
+        plane = plane.T
+    if rng.random() < 0.5:
+        plane = plane[::-1]
+    if rng.random() < 0.5:
+        plane = plane[:, ::-1]
+    height, width = plane.shape
+    kept = np.round(rng.uniform(0, spacing) + spacing * np.arange(height)).astype(int)
+    kept = kept[kept <= height - 1]
+    k0 = rng.integers(0, len(kept) - (2 * context + run) + 1)
+    window = kept[k0 : k0 + 2 * context + run]
+    local = np.concatenate([window[:context], window[context + run :]])
+    c0 = rng.integers(0, width - patch + 1)
+    block = np.ascontiguousarray(plane[:, c0 : c0 + patch])
+    index = np.full(run, context - 1)
+    frac = ((np.arange(run) + 1) / (run + 1)).astype(np.float32)
+    base = CubicSpline(np.arange(2 * context), block[local], axis=0, bc_type="natural")(
+        index + frac
+    )
+    return block[local], index, frac, base.astype(np.float32), block[window[context:-context]]
+
+
 def _sr_sample(
     slices: np.ndarray, scale: float, patch: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, ...]:
@@ -360,6 +400,35 @@ def train_iso(stack: np.ndarray, factor: float, training: Training = Training())
         return _iso_sample(planes, factor, rows, patch, rng)
 
     return _train("iso", factor, sampler, training, device)
+
+
+def train_gap(
+    stack: np.ndarray, spacing: float, run: int, training: Training = Training()
+) -> LearnedModel:
+    """Learn to fill ``run`` consecutive missing z slices from the XY planes of ``stack``.
+
+    ``spacing`` is the z/xy voxel ratio (1 for isotropic voxels). The network sees the good
+    slices on both sides as they are (not decimated) and decodes the missing ones at fractions
+    ``1/(run+1) ... run/(run+1)`` between its two neighbours; `reconstruct_iso` applies it.
+    """
+    _check_stack(stack)
+    if run < 1 or not np.isfinite(spacing) or spacing <= 0:
+        raise VemvizError(f"gap filling needs run >= 1 and a spacing > 0, got {run}, {spacing}")
+    device = resolve_device(training.device)
+    planes, _, _ = _normalise(stack)
+    rows = _iso_context(stack.shape[1:], spacing, 2 * training.context + run)
+    context = (rows - run) // 2
+    patch = min(training.patch, *stack.shape[1:])
+    if context < 1 or patch < 12:
+        raise VemvizError(
+            f"slices of {stack.shape[1]} x {stack.shape[2]} px are too small to learn to fill "
+            f"{run} missing slice(s) at a z/xy ratio of {spacing:g}"
+        )
+
+    def sampler(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        return _gap_sample(planes, spacing, run, context, patch, rng)
+
+    return _train("iso", spacing * (run + 1), sampler, training, device)
 
 
 def train_sr(stack: np.ndarray, scale: float, training: Training = Training()) -> LearnedModel:

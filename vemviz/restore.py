@@ -51,15 +51,15 @@ fractional positions; a damaged first or last slice is copied from the nearest g
 optical flow and blends both warped slices with occlusion-aware weights (`vemviz.flow`);
 ``diffusion`` samples the masked pixels from the conditional diffusion model of
 `vemviz.diffusion`, conditioned on the rest of the slice and both flow-warped neighbours,
-optionally fine-tuned on the stack's own undamaged slices first; ``inr`` treats a gap of ``g``
-slices as isotropic reconstruction by a factor ``g`` (times the z/xy voxel ratio): the local
-implicit network of `vemviz.inr` is trained on the XY planes of the undamaged slices (one
-network per gap length) and decodes the missing positions from up to 8 good slices spaced
-``g`` apart on each side, so it sees how structure continues through several sections, not
-only the two nearest (``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.08 dB
-against flow 31.61 and linear 31.57; two consecutive 30.97 against 30.52 and 29.83); ``auto`` uses
-flow for slices damaged as a whole and diffusion for partial damage. `fill_slices` does the
-same for a list of whole slices.
+optionally fine-tuned on the stack's own undamaged slices first; ``inr`` uses the local
+implicit network of `vemviz.inr` (`vemviz.inr.train_gap`), trained on the XY planes of the
+undamaged slices to restore runs of missing rows (one network per run length, rows spaced by
+the z/xy voxel ratio), and decodes the missing slices from up to 8 good slices on each side,
+so it sees how structure continues through several sections, not only the two nearest
+(``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.27 dB against flow 31.61 and
+linear 31.57; two consecutive 31.07 against 30.52 and 29.83); ``auto`` uses flow for slices
+damaged as a whole and diffusion for partial damage. `fill_slices` does the same for a list
+of whole slices.
 """
 
 from __future__ import annotations
@@ -529,7 +529,7 @@ class _DiffusionFiller:
 
 
 class _InrFiller:
-    """Gap filling by the self-supervised isotropic network, one network per gap length."""
+    """Gap filling by the self-supervised network of `vemviz.inr`, one per run length."""
 
     def __init__(
         self, stack: np.ndarray, good: np.ndarray, voxel_size_nm: Any, training: Any
@@ -549,21 +549,21 @@ class _InrFiller:
         self.models: dict[int, Any] = {}
 
     def fill(self, z: int, below: int, above: int) -> np.ndarray:
-        gap = above - below
-        if gap not in self.models:
-            self.models[gap] = self.inr.train_iso(
-                self.stack[self.good], gap * self.ratio, self.training
+        run = above - below - 1
+        if run not in self.models:
+            self.models[run] = self.inr.train_gap(
+                self.stack[self.good], self.ratio, run, self.training
             )
         usable = set(self.good.tolist())
         rows = [below, above]
         for _ in range(_INR_CONTEXT - 1):
-            if rows[0] - gap in usable:
-                rows.insert(0, rows[0] - gap)
-            if rows[-1] + gap in usable:
-                rows.append(rows[-1] + gap)
-        position = rows.index(below) + (z - below) / gap
+            if rows[0] - 1 in usable:
+                rows.insert(0, rows[0] - 1)
+            if rows[-1] + 1 in usable:
+                rows.append(rows[-1] + 1)
+        position = rows.index(below) + (z - below) / (run + 1)
         values, _ = self.inr.reconstruct_iso(
-            self.models[gap], self.stack[rows], np.array([position])
+            self.models[run], self.stack[rows], np.array([position])
         )
         return values[0]
 
