@@ -39,7 +39,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import zarr
 from scipy.sparse import coo_matrix
@@ -60,6 +59,7 @@ from vemviz.chunked import (
     lazy,
     pending_blocks,
     read_box,
+    region_of,
     write_block,
     write_levels,
 )  # fmt: skip
@@ -441,26 +441,89 @@ def merge_tables(
     return tables, len(used)
 
 
-def mito_threshold(data: Any, voxel: VoxelSize, runner: Runner) -> float:
+THRESHOLD_BLOCK = (16, 512, 512)  # blocks of the streamed Otsu threshold (~4 M voxels each)
+
+
+@dataclass(frozen=True)
+class _SliceSpreadTask:
+    """Per-slice standard deviation of a slab of whole slices, with its range."""
+
+    z0: int
+    region: Any
+
+    def __call__(self) -> tuple[int, np.ndarray, float, float]:
+        slab = np.asarray(self.region.compute(scheduler="synchronous"))
+        spread = slab.reshape(slab.shape[0], -1).std(axis=1)
+        return self.z0, spread, float(slab.min()), float(slab.max())
+
+
+@dataclass(frozen=True)
+class _SmoothedTask:
+    """The smoothed block's values on imaged slices: their (min, max), or their histogram."""
+
+    region: Any
+    region_box: Box
+    box: Box
+    imaged: np.ndarray  # per z slice of the box
+    voxel: VoxelSize
+    value_range: tuple[float, float] | None = None
+
+    def __call__(self) -> tuple[float, float] | np.ndarray:
+        region = np.asarray(self.region.compute(scheduler="synchronous"))
+        smooth = segment_mod.smooth_mito(region, self.voxel)[_local(self.box, self.region_box)]
+        values = smooth[self.imaged]
+        if self.value_range is not None:
+            return np.histogram(values, bins=256, range=self.value_range)[0]
+        if values.size == 0:
+            return (math.inf, -math.inf)
+        return (float(values.min()), float(values.max()))
+
+
+def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:
     """Otsu's threshold of the smoothed volume over its imaged slices, as `segment_mito` has it.
 
-    Two streamed passes: the smoothing (with a 4-sigma halo per block) gives its range, then
+    Streamed in bounded blocks on the runner: per-slice spread (which slices are imaged,
+    `segment.imaged_slices`), then the smoothing of each `THRESHOLD_BLOCK` with a halo wider
+    than the Gaussian (so its values equal the whole-volume smoothing) gives the range, then
     a 256-bin histogram over that range, from which Otsu's threshold is taken.
     """
-    depth = {a: 2 * math.ceil(min(12.0 / v, 4.0) * 4) + 1 for a, v in enumerate(voxel)}
-    smooth = data.map_overlap(
-        segment_mod.smooth_mito, depth=depth, boundary="reflect", dtype=np.float32,
-        voxel_size_nm=voxel,
-    )  # fmt: skip
-    raw = data.astype(np.float32)
-    spread, ptp = runner.compute(raw.std(axis=(1, 2)), raw.max() - raw.min())
-    imaged = np.asarray(spread) > 1e-3 * max(float(ptp), 1.0)
-    kept = smooth[np.flatnonzero(imaged)]
-    low, high = (float(v) for v in runner.compute(kept.min(), kept.max()))
-    (counts,) = runner.compute(da.histogram(kept, bins=256, range=(low, high))[0])
-    edges = np.linspace(low, high, 257)
+    data, shape = lazy(volume), volume.shape
+    planes = max(1, 2**22 // (shape[1] * shape[2]))
+    slabs = [
+        _SliceSpreadTask(z, region_of(data, _box((z, min(z + planes, shape[0])), (0, shape[1]),
+                                                  (0, shape[2]))))
+        for z in range(0, shape[0], planes)
+    ]  # fmt: skip
+    spread = np.zeros(shape[0])
+    low, high = math.inf, -math.inf
+    for z0, values, lo, hi in runner.map(_call, slabs, "segment: slice spread"):
+        spread[z0 : z0 + len(values)] = values
+        low, high = min(low, lo), max(high, hi)
+    imaged = spread > 1e-3 * max(high - low, 1.0)
+    depth = [2 * math.ceil(min(12.0 / v, 4.0) * 4) + 1 for v in voxel]
+    grid = Grid(shape, tuple(min(b, n) for b, n in zip(THRESHOLD_BLOCK, shape, strict=True)))
+
+    def tasks(value_range: tuple[float, float] | None) -> list[_SmoothedTask]:
+        out = []
+        for i in range(len(grid)):
+            box = grid.box(i)
+            if not imaged[box[0]].any():
+                continue
+            region_box = tuple(
+                slice(max(b.start - d, 0), min(b.stop + d, n))
+                for b, d, n in zip(box, depth, shape, strict=True)
+            )
+            region = region_of(data, region_box)  # type: ignore[arg-type]
+            out.append(_SmoothedTask(region, region_box, box, imaged[box[0]], voxel,  # type: ignore[arg-type]
+                                     value_range))  # fmt: skip
+        return out
+
+    ranges = runner.map(_call, tasks(None), "segment: smoothed range")
+    value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+    counts = np.sum(runner.map(_call, tasks(value_range), "segment: histogram"), axis=0)
+    edges = np.linspace(*value_range, 257)
     centers = (edges[:-1] + edges[1:]) / 2
-    return float(threshold_otsu(hist=(np.asarray(counts), centers)))
+    return float(threshold_otsu(hist=(counts, centers)))
 
 
 @dataclass(frozen=True)
@@ -505,7 +568,7 @@ class SegmentBlocks(BlockStage):
     def prepare(self, volume: Volume, runner: Runner) -> SegmentBlocks:
         if self.method != "classical" or self.target != "mito" or self.threshold is not None:
             return self
-        return replace(self, threshold=mito_threshold(lazy(volume), self.voxel, runner))
+        return replace(self, threshold=mito_threshold(volume, self.voxel, runner))
 
     def labels(self, region: np.ndarray) -> np.ndarray:
         if self.method == "learned":
