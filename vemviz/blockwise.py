@@ -441,7 +441,7 @@ def merge_tables(
     return tables, len(used)
 
 
-THRESHOLD_BLOCK = (16, 512, 512)  # blocks of the streamed Otsu threshold (~4 M voxels each)
+THRESHOLD_BLOCK = (32, 512, 512)  # blocks of the streamed Otsu threshold (~8 M voxels each)
 
 
 @dataclass(frozen=True)
@@ -453,7 +453,7 @@ class _SliceSpreadTask:
 
     def __call__(self) -> tuple[int, np.ndarray, float, float]:
         slab = np.asarray(self.region.compute(scheduler="synchronous"))
-        spread = slab.reshape(slab.shape[0], -1).std(axis=1)
+        spread = np.array([plane.std() for plane in slab])
         return self.z0, spread, float(slab.min()), float(slab.max())
 
 
@@ -488,7 +488,8 @@ def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:
     a 256-bin histogram over that range, from which Otsu's threshold is taken.
     """
     data, shape = lazy(volume), volume.shape
-    planes = max(1, 2**22 // (shape[1] * shape[2]))
+    # whole input chunks along z (each is decoded once), at most ~128 M voxels
+    planes = max(1, min(data.chunks[0][0], 2**27 // (shape[1] * shape[2])))
     slabs = [
         _SliceSpreadTask(z, region_of(data, _box((z, min(z + planes, shape[0])), (0, shape[1]),
                                                   (0, shape[2]))))
