@@ -207,10 +207,11 @@ def _iso_context(shape: tuple[int, int], factor: float, context: int) -> int:
     return min(context, guaranteed)
 
 
-def _iso_sample(
-    planes: np.ndarray, factor: float, rows: int, patch: int, rng: np.random.Generator
-) -> tuple[np.ndarray, ...]:
-    """One training patch: decimated rows, bracket indices/fractions, cubic base, target."""
+def _decimated_plane(
+    planes: np.ndarray, spacing: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random plane, randomly transposed and mirrored, and its rows kept every ``spacing``
+    pixels from a random phase (``round(s + k * spacing)``)."""
     plane = planes[rng.integers(len(planes))]
     if rng.random() < 0.5:
         plane = plane.T
@@ -218,9 +219,17 @@ def _iso_sample(
         plane = plane[::-1]
     if rng.random() < 0.5:
         plane = plane[:, ::-1]
-    height, width = plane.shape
-    kept = np.round(rng.uniform(0, factor) + factor * np.arange(height)).astype(int)
-    kept = kept[kept <= height - 1]
+    height = plane.shape[0]
+    kept = np.round(rng.uniform(0, spacing) + spacing * np.arange(height)).astype(int)
+    return plane, kept[kept <= height - 1]
+
+
+def _iso_sample(
+    planes: np.ndarray, factor: float, rows: int, patch: int, rng: np.random.Generator
+) -> tuple[np.ndarray, ...]:
+    """One training patch: decimated rows, bracket indices/fractions, cubic base, target."""
+    plane, kept = _decimated_plane(planes, factor, rng)
+    width = plane.shape[1]
     k0 = rng.integers(0, len(kept) - rows + 1)
     c0 = rng.integers(0, width - patch + 1)
     block = np.ascontiguousarray(plane[:, c0 : c0 + patch])
@@ -246,16 +255,8 @@ def _gap_sample(
     The kept rows are ``context`` on each side of the gap; the targets are the removed rows.
     Positions are in units of kept rows (the gap is one unit), as `_decode_planes` sees them.
     """
-    plane = planes[rng.integers(len(planes))]
-    if rng.random() < 0.5:
-        plane = plane.T
-    if rng.random() < 0.5:
-        plane = plane[::-1]
-    if rng.random() < 0.5:
-        plane = plane[:, ::-1]
-    height, width = plane.shape
-    kept = np.round(rng.uniform(0, spacing) + spacing * np.arange(height)).astype(int)
-    kept = kept[kept <= height - 1]
+    plane, kept = _decimated_plane(planes, spacing, rng)
+    width = plane.shape[1]
     k0 = rng.integers(0, len(kept) - (2 * context + run) + 1)
     window = kept[k0 : k0 + 2 * context + run]
     local = np.concatenate([window[:context], window[context + run :]])
