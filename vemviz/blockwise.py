@@ -26,14 +26,16 @@ halo is what makes block results equal to whole-volume results:
   first layer). An object seen by both blocks across a face is merged when the two views
   overlap on at least half of the smaller cross-section; the merges are solved as connected
   components of a graph over all ids, which are then numbered 1..N in block order and written
-  in a second pass. Segmentation methods with whole-volume steps (the classical threshold is
-  Otsu over the volume) see only their block and halo, so chunked labels can differ from
-  in-memory ones where those steps differ; the merge keeps every object one id regardless.
+  in a second pass. The classical threshold (Otsu over the whole smoothed volume) is computed
+  once before the blocks (`mito_threshold`), so those labels equal the in-memory ones; the
+  learned model normalises intensities and places its tiles per block, so its labels differ
+  slightly at block borders. The merge keeps every object one id regardless.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -72,6 +74,14 @@ _SR_HALO = 4
 
 def _box(z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> Box:
     return (slice(*z), slice(*y), slice(*x))
+
+
+def _grow(box: Box, halo: Sequence[int], shape: tuple[int, ...]) -> Box:
+    """``box`` widened by ``halo`` voxels on each side, clipped to ``shape``."""
+    return tuple(
+        slice(max(b.start - h, 0), min(b.stop + h, n))
+        for b, h, n in zip(box, halo, shape, strict=True)
+    )  # type: ignore[return-value]
 
 
 def _local(box: Box, region_box: Box) -> Box:
@@ -504,24 +514,16 @@ def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:
     depth = [2 * math.ceil(min(12.0 / v, 4.0) * 4) + 1 for v in voxel]
     grid = Grid(shape, tuple(min(b, n) for b, n in zip(THRESHOLD_BLOCK, shape, strict=True)))
 
-    def tasks(value_range: tuple[float, float] | None) -> list[_SmoothedTask]:
-        out = []
-        for i in range(len(grid)):
-            box = grid.box(i)
-            if not imaged[box[0]].any():
-                continue
-            region_box = tuple(
-                slice(max(b.start - d, 0), min(b.stop + d, n))
-                for b, d, n in zip(box, depth, shape, strict=True)
-            )
-            region = region_of(data, region_box)  # type: ignore[arg-type]
-            out.append(_SmoothedTask(region, region_box, box, imaged[box[0]], voxel,  # type: ignore[arg-type]
-                                     value_range))  # fmt: skip
-        return out
-
-    ranges = runner.map(_call, tasks(None), "segment: smoothed range")
+    tasks = []
+    for box in (grid.box(i) for i in range(len(grid))):
+        if imaged[box[0]].any():
+            region_box = _grow(box, depth, shape)
+            tasks.append(_SmoothedTask(region_of(data, region_box), region_box, box,
+                                       imaged[box[0]], voxel))  # fmt: skip
+    ranges = runner.map(_call, tasks, "segment: smoothed range")
     value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
-    counts = np.sum(runner.map(_call, tasks(value_range), "segment: histogram"), axis=0)
+    histograms = [replace(task, value_range=value_range) for task in tasks]
+    counts = np.sum(runner.map(_call, histograms, "segment: histogram"), axis=0)
     edges = np.linspace(*value_range, 257)
     centers = (edges[:-1] + edges[1:]) / 2
     return float(threshold_otsu(hist=(counts, centers)))
@@ -561,10 +563,7 @@ class SegmentBlocks(BlockStage):
         return tuple(max(1, math.ceil(self.halo_nm / v)) for v in self.voxel)  # type: ignore[return-value]
 
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
-        return tuple(
-            slice(max(b.start - h, 0), min(b.stop + h, n))
-            for b, h, n in zip(box, self.halo(), in_shape, strict=True)
-        )  # type: ignore[return-value]
+        return _grow(box, self.halo(), in_shape)
 
     def prepare(self, volume: Volume, runner: Runner) -> SegmentBlocks:
         if self.method != "classical" or self.target != "mito" or self.threshold is not None:

@@ -544,6 +544,7 @@ class _InrFiller:
             )
         z, y, x = validate_voxel_size(voxel_size_nm)
         self.inr, self.stack, self.good = inr, stack, good
+        self.usable = set(good.tolist())
         self.ratio = z / (0.5 * (y + x))
         self.training = training or inr.Training()
         self.models: dict[int, Any] = {}
@@ -554,12 +555,11 @@ class _InrFiller:
             self.models[run] = self.inr.train_gap(
                 self.stack[self.good], self.ratio, run, self.training
             )
-        usable = set(self.good.tolist())
         rows = [below, above]
         for _ in range(_INR_CONTEXT - 1):
-            if rows[0] - 1 in usable:
+            if rows[0] - 1 in self.usable:
                 rows.insert(0, rows[0] - 1)
-            if rows[-1] + 1 in usable:
+            if rows[-1] + 1 in self.usable:
                 rows.append(rows[-1] + 1)
         position = rows.index(below) + (z - below) / (run + 1)
         values, _ = self.inr.reconstruct_iso(
