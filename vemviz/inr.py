@@ -17,7 +17,9 @@ One model family serves three stages:
 - **lateral super-resolution** (`vemviz.sr`, method ``learned``): the same idea in XY. Each
   slice is area-downsampled by the scale ``S`` and the network learns to restore it from the
   smaller copy; it is then applied to the original slices (zero-shot, "downsample then
-  restore" self-supervision).
+  restore" self-supervision). Every training pair starts the downsampling grid at a random
+  offset (0 to S-1 px in y and x): a slice gives S^2 different small copies instead of one,
+  which matters for small inputs (FlyEM, 90 s of training: +0.4 dB at x2, +1.0 dB at x4).
 
 The network is a local implicit function (LIIF-style): a residual CNN encodes the
 low-resolution plane into a feature map; a query at any continuous coordinate gathers the
@@ -281,8 +283,12 @@ def _sr_sample(
         plane = plane[::-1]
     if rng.random() < 0.5:
         plane = plane[:, ::-1]
-    plane = np.ascontiguousarray(plane)
-    height, width = plane.shape
+    step = math.ceil(scale)  # a random phase of the downsampling grid
+    height, width = plane.shape[0] - step + 1, plane.shape[1] - step + 1
+    if scale == step:  # whole blocks of step x step pixels, as the scan averaged them
+        height, width = height // step * step, width // step * step
+    r0, c0 = rng.integers(step), rng.integers(step)
+    plane = np.ascontiguousarray(plane[r0 : r0 + height, c0 : c0 + width])
     small = _area_down(plane, scale)
     base = _bicubic(small, (height, width))
     r0, c0 = rng.integers(0, height - patch + 1), rng.integers(0, width - patch + 1)
@@ -439,7 +445,7 @@ def train_sr(stack: np.ndarray, scale: float, training: Training = Training()) -
         raise VemvizError(f"learned super-resolution needs a scale > 1, got {scale}")
     device = resolve_device(training.device)
     slices, _, _ = _normalise(stack)
-    patch = min(training.patch, *stack.shape[1:])
+    patch = min(training.patch, min(stack.shape[1:]) - 2 * math.ceil(scale) + 2)
     if min(stack.shape[1:]) / scale < 4:
         raise VemvizError(
             f"slices of {stack.shape[1]} x {stack.shape[2]} px are too small to learn x{scale:g} "

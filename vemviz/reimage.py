@@ -35,8 +35,9 @@ Method
    normalised cross-correlation with a sub-pixel peak (the stage is not exact; phase correlation
    was tried and is several times less precise on small, differently blurred tiles), resampled
    there, and
-   blended with a weight that ramps from 0 at the tile's edge to 1 over the margin, so no seam
-   shows.
+   blended with a weight that ramps from 0 at the tile's edge to 1 at half the margin: enough
+   to hide the seam (registration is accurate to about 0.2 px), while the inner half of the
+   margin adds real pixels (a ramp over the whole margin measured 0.05 dB lower on VNC).
 
 7. **Refit** (`refit_sr`, on by default): the re-imaged tiles are real full-resolution images
    of this very sample, and area-downsampled by ``S`` they are exact examples of the
@@ -447,23 +448,23 @@ def register_tile(tile: np.ndarray, reference: np.ndarray, max_shift: int) -> tu
     return _parabola_peak(score[:, px], py) - r, _parabola_peak(score[py, :], px) - r
 
 
-def _ramp(n: int, margin: int, start_open: bool, end_open: bool) -> np.ndarray:
-    """1D weight: 0 at a closed end rising (cosine) to 1 at ``margin`` pixels inside."""
+def _ramp(n: int, width: int, start_open: bool, end_open: bool) -> np.ndarray:
+    """1D weight: 0 at a closed end rising (cosine) to 1 at ``width`` pixels inside."""
     index = np.arange(n, dtype=np.float64)
     d = np.full(n, np.inf)
     if not start_open:
         d = np.minimum(d, index + 0.5)
     if not end_open:
         d = np.minimum(d, n - index - 0.5)
-    t = np.clip(d / max(margin, 1), 0, 1)
+    t = np.clip(d / max(width, 1), 0, 1)
     return 0.5 - 0.5 * np.cos(np.pi * t)
 
 
-def _feather(box: Box, margin: int, height: int, width: int) -> np.ndarray:
+def _feather(box: Box, ramp: int, height: int, width: int) -> np.ndarray:
     """Blending weight of an acquired box; no ramp on sides that lie on the slice border."""
     y0, y1, x0, x1 = box
-    return np.outer(_ramp(y1 - y0, margin, y0 == 0, y1 == height),
-                    _ramp(x1 - x0, margin, x0 == 0, x1 == width))  # fmt: skip
+    return np.outer(_ramp(y1 - y0, ramp, y0 == 0, y1 == height),
+                    _ramp(x1 - x0, ramp, x0 == 0, x1 == width))  # fmt: skip
 
 
 def merge_tiles(
@@ -490,7 +491,7 @@ def merge_tiles(
         moved = cv2.warpAffine(image.astype(np.float32), np.float32([[1, 0, dx], [0, 1, dy]]),
                                (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC,
                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        feather = _feather((y0, y1, x0, x1), margin, sr.shape[1], sr.shape[2])
+        feather = _feather((y0, y1, x0, x1), max(1, margin // 2), sr.shape[1], sr.shape[2])
         weight = cv2.warpAffine(feather.astype(np.float32),
                                 np.float32([[1, 0, dx], [0, 1, dy]]), (x1 - x0, y1 - y0),
                                 borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
