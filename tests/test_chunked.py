@@ -87,9 +87,11 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
-def test_segment_labels_consistent_across_blocks(phantom, source, tmp_path) -> None:
-    want = stages.segment(phantom.raw, target="mito", method="classical")[0].numpy()
-    got = _chunked(SegmentBlocks("mito", phantom.raw.voxel_size_nm), source, tmp_path)
+@pytest.mark.parametrize("method", ["classical", "learned"])
+def test_segment_labels_consistent_across_blocks(phantom, source, tmp_path, method) -> None:
+    want = stages.segment(phantom.raw, target="mito", method=method)[0].numpy()
+    stage = SegmentBlocks("mito", phantom.raw.voxel_size_nm, method=method)
+    got = _chunked(stage, source, tmp_path)
     assert got.dtype == np.uint32 and got.max() == want.max() > 0
     assert _same_partition(got, want)
     # some objects really cross block faces, and each keeps a single id there

@@ -16,8 +16,10 @@ from vemviz.metrics import iou
 from vemviz.segment import (
     agglomerate,
     cells_from_boundaries,
+    intensity_range,
     mito_instances,
     predict_probabilities,
+    prediction_box,
     read_prompts,
     select_by_prompts,
 )
@@ -62,6 +64,46 @@ def test_inference_keeps_shapes_for_any_plane_size_and_anisotropy():
     # a blank slice gets no probability
     image[1] = 7
     assert predict_probabilities(image, (40.0, 5.0, 11.0), mito)[1].max() == 0
+
+
+@pytest.mark.parametrize(
+    ("voxel", "config", "shape"),
+    [((40.0, 5.0, 11.0), ModelConfig("mito", 8.0, **SMALL), (5, 90, 70)),
+     ((10.0, 10.0, 10.0), ModelConfig("cells", 10.0, context=3, **SMALL), (40, 36, 44))],
+    ids=["xy-planes", "three-orientations-2.5d"],
+)  # fmt: skip
+def test_a_block_predicts_exactly_the_whole_volumes_values(voxel, config, shape):
+    """Tiles on a grid anchored at the volume origin, each from its own window: a block read
+    with its `prediction_box` gives the in-memory probabilities bit for bit."""
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    model = UNet(config).eval()
+    image = rng.integers(0, 255, shape).astype(np.uint8)
+    image[2] = 9  # a blank slice
+    whole = predict_probabilities(image, voxel, model, tile=32)
+    value_range = intensity_range(image)
+    imaged = np.ones(shape[0], bool)
+    imaged[2] = False
+    area = (slice(1, 4), slice(13, 41), slice(30, 44)) if shape[0] < 10 else (
+        slice(9, 22), slice(5, 19), slice(17, 30))  # fmt: skip
+    read = prediction_box(area, voxel, shape, model, tile=32)
+    assert any(r.start > 0 or r.stop < n for r, n in zip(read, shape, strict=True))
+    block = predict_probabilities(
+        image[read], voxel, model, tile=32, value_range=value_range, imaged=imaged,
+        origin=tuple(r.start for r in read), volume_shape=shape, area=area,
+    )  # fmt: skip
+    np.testing.assert_array_equal(block, whole[area])
+    assert whole[2].max() == 0 and block.max() > 0
+
+
+def test_intensity_range_is_numpys_percentiles_for_integers_and_close_for_floats():
+    rng = np.random.default_rng(2)
+    image = rng.normal(120, 30, (200, 16, 16)).clip(0, 255).astype(np.uint8)
+    chosen = image[::3]  # 200 imaged slices: every third
+    assert intensity_range(image) == pytest.approx(np.percentile(chosen, [1, 99]), abs=1e-9)
+    floats = image.astype(np.float32) / 7
+    want = np.percentile(floats[::3], [1, 99])
+    assert intensity_range(floats) == pytest.approx(want, abs=float(floats.max() - floats.min()) / 2**15)
 
 
 def test_touching_objects_become_separate_instances():

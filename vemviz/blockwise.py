@@ -26,14 +26,18 @@ halo is what makes block results equal to whole-volume results:
   first layer). An object seen by both blocks across a face is merged when the two views
   overlap on at least half of the smaller cross-section; the merges are solved as connected
   components of a graph over all ids, which are then numbered 1..N in block order and written
-  in a second pass. The classical threshold (Otsu over the whole smoothed volume) is computed
-  once before the blocks (`mito_threshold`), so those labels equal the in-memory ones; the
-  learned model normalises intensities and places its tiles per block, so its labels differ
-  slightly at block borders. The merge keeps every object one id regardless.
+  in a second pass. What the method takes from the whole volume is computed once before the
+  blocks, streamed in bounded tasks: the classical threshold (Otsu over the whole smoothed
+  volume, `mito_threshold`) and the learned model's intensity range (`intensity_range`).
+  The learned model predicts a fixed grid of tiles anchored at the volume's origin, each from
+  its own window (`unet.predict_planes`), so a block reads the whole tiles around its halo
+  (`segment.prediction_box`) and gets exactly the in-memory probabilities. Either way the
+  labels equal the in-memory ones.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -333,10 +337,10 @@ class _LabelTask:
 
     def __call__(self) -> int:
         region = np.asarray(self.region.compute(scheduler="synchronous"))
-        labels = self.stage.labels(region)
-        core = labels[_local(self.box, self.region_box)]
+        labels, labels_box = self.stage.labels(region, self.region_box, self.box, self.shape)
+        core = labels[_local(self.box, labels_box)]
         write_block(self.local_store, "local", self.box, core)
-        faces = _face_layers(labels, self.region_box, self.box, self.shape)
+        faces = _face_layers(labels, labels_box, self.box, self.shape)
         with open(self.faces, "wb") as handle:
             np.savez_compressed(
                 handle, count=np.uint64(labels.max()), core=np.unique(core), **faces
@@ -489,6 +493,61 @@ class _SmoothedTask:
         return (float(values.min()), float(values.max()))
 
 
+def _slabs(volume: Volume) -> list[tuple[int, Any]]:
+    """(first slice, lazy region) of slabs of whole slices: whole input chunks along z (each
+    decoded once), at most ~128 M voxels."""
+    data, shape = lazy(volume), volume.shape
+    planes = max(1, min(data.chunks[0][0], 2**27 // (shape[1] * shape[2])))
+    return [
+        (z, region_of(data, _box((z, min(z + planes, shape[0])), (0, shape[1]), (0, shape[2]))))
+        for z in range(0, shape[0], planes)
+    ]
+
+
+def imaged_slices(volume: Volume, runner: Runner) -> np.ndarray:
+    """`segment.imaged_slices` of a volume streamed in slabs on the runner."""
+    tasks = [_SliceSpreadTask(z, region) for z, region in _slabs(volume)]
+    spread = np.zeros(volume.shape[0])
+    low, high = math.inf, -math.inf
+    for z0, values, lo, hi in runner.map(_call, tasks, "segment: slice spread"):
+        spread[z0 : z0 + len(values)] = values
+        low, high = min(low, lo), max(high, hi)
+    return spread > 1e-3 * max(high - low, 1.0)
+
+
+@dataclass(frozen=True)
+class _CountsTask:
+    """`segment.value_counts` of the given slices of a slab, or their (min, max) when the
+    dtype needs a range first."""
+
+    region: Any
+    slices: np.ndarray  # indices into the slab
+    value_range: tuple[float, float] | None = None
+
+    def __call__(self) -> np.ndarray | tuple[float, float]:
+        values = np.asarray(self.region.compute(scheduler="synchronous"))[self.slices]
+        if self.value_range is None and not segment_mod.value_counts_exact(values.dtype):
+            return float(values.min()), float(values.max())
+        return segment_mod.value_counts(values, self.value_range)
+
+
+def intensity_range(volume: Volume, imaged: np.ndarray, runner: Runner) -> tuple[float, float]:
+    """`segment.intensity_range` of a volume streamed in slabs on the runner (same value)."""
+    chosen = segment_mod.normalisation_slices(imaged)
+    tasks = []
+    for z0, region in _slabs(volume):
+        local = chosen[(chosen >= z0) & (chosen < z0 + region.shape[0])] - z0
+        if len(local):
+            tasks.append(_CountsTask(region, local))
+    value_range = None
+    if not segment_mod.value_counts_exact(volume.dtype):
+        ranges = runner.map(_call, tasks, "segment: intensity range")
+        value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+        tasks = [replace(task, value_range=value_range) for task in tasks]
+    counts = np.sum(runner.map(_call, tasks, "segment: intensity histogram"), axis=0)
+    return segment_mod.range_from_counts(counts, volume.dtype, value_range)
+
+
 def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:
     """Otsu's threshold of the smoothed volume over its imaged slices, as `segment_mito` has it.
 
@@ -498,19 +557,7 @@ def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:
     a 256-bin histogram over that range, from which Otsu's threshold is taken.
     """
     data, shape = lazy(volume), volume.shape
-    # whole input chunks along z (each is decoded once), at most ~128 M voxels
-    planes = max(1, min(data.chunks[0][0], 2**27 // (shape[1] * shape[2])))
-    slabs = [
-        _SliceSpreadTask(z, region_of(data, _box((z, min(z + planes, shape[0])), (0, shape[1]),
-                                                  (0, shape[2]))))
-        for z in range(0, shape[0], planes)
-    ]  # fmt: skip
-    spread = np.zeros(shape[0])
-    low, high = math.inf, -math.inf
-    for z0, values, lo, hi in runner.map(_call, slabs, "segment: slice spread"):
-        spread[z0 : z0 + len(values)] = values
-        low, high = min(low, lo), max(high, hi)
-    imaged = spread > 1e-3 * max(high - low, 1.0)
+    imaged = imaged_slices(volume, runner)
     depth = [2 * math.ceil(min(12.0 / v, 4.0) * 4) + 1 for v in voxel]
     grid = Grid(shape, tuple(min(b, n) for b, n in zip(THRESHOLD_BLOCK, shape, strict=True)))
 
@@ -536,6 +583,8 @@ class SegmentBlocks(BlockStage):
     halo_nm: float = 400.0
     threshold: float | None = None
     method: str = "classical"
+    value_range: tuple[float, float] | None = None  # learned: the volume's intensity range
+    imaged: np.ndarray | None = field(default=None, compare=False)  # learned: per slice
     name = "segment"
     is_label = True
     bytes_per_voxel = 160.0
@@ -563,22 +612,42 @@ class SegmentBlocks(BlockStage):
         return tuple(max(1, math.ceil(self.halo_nm / v)) for v in self.voxel)  # type: ignore[return-value]
 
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
-        return _grow(box, self.halo(), in_shape)
+        region = _grow(box, self.halo(), in_shape)
+        if self.method != "learned":
+            return region
+        return segment_mod.prediction_box(region, self.voxel, in_shape, _network(self.target))
 
     def prepare(self, volume: Volume, runner: Runner) -> SegmentBlocks:
-        if self.method != "classical" or self.target != "mito" or self.threshold is not None:
+        if self.method == "learned":
+            if self.value_range is not None:
+                return self
+            imaged = imaged_slices(volume, runner)
+            if not imaged.any():
+                raise VemvizError("the volume is blank (every slice constant): nothing to segment")
+            return replace(self, imaged=imaged, value_range=intensity_range(volume, imaged, runner))
+        if self.target != "mito" or self.threshold is not None:
             return self
         return replace(self, threshold=mito_threshold(volume, self.voxel, runner))
 
-    def labels(self, region: np.ndarray) -> np.ndarray:
+    def labels(
+        self, region: np.ndarray, region_box: Box, box: Box, shape: tuple[int, int, int]
+    ) -> tuple[np.ndarray, Box]:
+        """Labels of ``box`` widened by the halo, from the input ``region`` (at
+        ``region_box``), and that widened box."""
+        labels_box = _grow(box, self.halo(), shape)
         if self.method == "learned":
-            from vemviz.device import resolve_device
-            from vemviz.unet import load_model, shipped_model
-
-            network = load_model(shipped_model(self.target), resolve_device("auto"))
-            return segment_mod.segment_learned(region, self.voxel, network)[0].astype(np.uint32)
+            probabilities = segment_mod.predict_probabilities(
+                region, self.voxel, _network(self.target), value_range=self.value_range,
+                imaged=self.imaged, origin=tuple(b.start for b in region_box),
+                volume_shape=shape, area=labels_box,
+            )  # fmt: skip
+            labels = segment_mod.instances_from_probabilities(
+                probabilities, self.voxel, self.target
+            )
+            return labels.astype(np.uint32), labels_box
         options = {} if self.threshold is None else {"threshold": self.threshold}
-        return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(np.uint32)
+        labels = segment_mod.segment(region, self.voxel, self.target, **options)[0]
+        return labels.astype(np.uint32), labels_box
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         local = work.root / "local.zarr"
@@ -612,3 +681,12 @@ class SegmentBlocks(BlockStage):
 
 def _call(task: Any) -> Any:
     return task()
+
+
+@functools.lru_cache(maxsize=2)
+def _network(target: str) -> Any:
+    """The shipped model for ``target``, loaded once per process."""
+    from vemviz.device import resolve_device
+    from vemviz.unet import load_model, shipped_model
+
+    return load_model(shipped_model(target), resolve_device("auto"))

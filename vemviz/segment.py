@@ -15,7 +15,10 @@ dense labelling; regions smaller than a minimum volume are merged into their nei
 Learned models (`segment_learned`, the default of the CLI): a U-Net (`vemviz.unet`, trained
 by `vemviz.train`) predicts per image plane a probability -- of mitochondrion, or of cell
 boundary. Planes are resampled from the voxel size to the model's pixel size, so one model
-serves microscopes of different resolution, and predicted in overlapping tiles. Anisotropic
+serves microscopes of different resolution, and predicted in a fixed grid of tiles, each from a
+window with context around it (`unet.predict_planes`; blocks of a larger-than-memory volume
+then give exactly the whole volume's values). Intensities are mapped by the 1st and 99th
+percentiles of (at most ~128) imaged slices, counted in a histogram (`intensity_range`). Anisotropic
 volumes are predicted slice by slice (xy); when the voxels are near-isotropic, the xy, xz and yz
 planes are all predicted and the three probability volumes averaged, which gives every voxel
 3D context. Mitochondria are the voxels above 0.5, split into touching instances by the
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
     from vemviz.unet import UNet
 
 TARGETS = ("mito", "cells")
+NORMALISATION_SLICES = 64
+FLOAT_BINS = 65536
 
 
 def _sigma_voxels(sigma_nm: float, voxel_size_nm: VoxelSize) -> tuple[float, ...]:
@@ -71,11 +76,76 @@ def imaged_slices(image: np.ndarray) -> np.ndarray:
     return image.reshape(image.shape[0], -1).std(axis=1) > 1e-3 * max(float(np.ptp(image)), 1.0)
 
 
-def normalize_intensity(image: np.ndarray) -> np.ndarray:
-    """Intensity mapped to about [-0.5, 0.5] by the 1st and 99th percentiles of imaged slices."""
-    imaged = imaged_slices(image) if image.ndim == 3 else np.ones(1, bool)
-    sample = image[imaged] if image.ndim == 3 and imaged.any() else image
-    lo, hi = np.percentile(sample[:: max(sample.shape[0] // 64, 1)], [1, 99])
+def normalisation_slices(imaged: np.ndarray) -> np.ndarray:
+    """Indices of the slices whose intensities set the normalisation: every k-th imaged slice,
+    k chosen so that 64 to 127 of them are used."""
+    index = np.flatnonzero(imaged)
+    return index[:: max(len(index) // NORMALISATION_SLICES, 1)]
+
+
+def value_counts_exact(dtype: np.dtype) -> bool:
+    """Whether `value_counts` counts every value exactly (8- and 16-bit integers)."""
+    return np.issubdtype(dtype, np.integer) and np.dtype(dtype).itemsize <= 2
+
+
+def value_counts(values: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Histogram for `range_from_counts`: one bin per value from the dtype's minimum for 8- and
+    16-bit integers (exact), else `FLOAT_BINS` bins over ``value_range`` (min, max)."""
+    if value_counts_exact(values.dtype):
+        info = np.iinfo(values.dtype)
+        shifted = values.astype(np.int64).ravel() - info.min
+        return np.bincount(shifted, minlength=info.max - info.min + 1)
+    return np.histogram(values.astype(np.float32), bins=FLOAT_BINS, range=value_range)[0]
+
+
+def range_from_counts(
+    counts: np.ndarray, dtype: np.dtype, value_range: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """The 1st and 99th percentiles (numpy's linear rule) of the values `value_counts` counted.
+
+    Exact for 8- and 16-bit integers; for other types the values are the bins' centres. Counts
+    add up over blocks, so a volume streamed in pieces gets the same range as in memory.
+    """
+    if value_counts_exact(dtype):
+        values = np.arange(len(counts), dtype=np.float64) + np.iinfo(dtype).min
+    else:
+        low, high = value_range  # type: ignore[misc]
+        if high <= low:
+            return float(low), float(high)
+        edges = np.linspace(low, high, FLOAT_BINS + 1)
+        values = (edges[:-1] + edges[1:]) / 2
+    total, cumulative = int(counts.sum()), np.cumsum(counts)
+    if total == 0:
+        raise VemvizError("no voxels to take the intensity range from")
+    result = []
+    for q in (1, 99):
+        position = (total - 1) * q / 100
+        k = int(np.floor(position))
+        a = values[np.searchsorted(cumulative, k, side="right")]
+        b = values[np.searchsorted(cumulative, min(k + 1, total - 1), side="right")]
+        result.append(float(a + (position - k) * (b - a)))
+    return result[0], result[1]
+
+
+def intensity_range(image: np.ndarray, imaged: np.ndarray | None = None) -> tuple[float, float]:
+    """1st and 99th intensity percentiles of a 3D image's `normalisation_slices` (``imaged``:
+    its imaged slices, found when None) or of a whole 2D image."""
+    sample = image
+    if image.ndim == 3:
+        imaged = imaged_slices(image) if imaged is None else imaged
+        if imaged.any():
+            sample = image[normalisation_slices(imaged)]
+    value_range = None
+    if not value_counts_exact(sample.dtype):
+        value_range = (float(sample.min()), float(sample.max()))
+    return range_from_counts(value_counts(sample, value_range), sample.dtype, value_range)
+
+
+def normalize_intensity(
+    image: np.ndarray, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Intensity mapped to about [-0.5, 0.5] by ``value_range`` (default `intensity_range`)."""
+    lo, hi = intensity_range(image) if value_range is None else value_range
     return ((image.astype(np.float32) - lo) / max(float(hi - lo), 1e-6) - 0.5).astype(np.float32)
 
 
@@ -246,6 +316,41 @@ def plane_axes(voxel_size_nm: VoxelSize, shape: tuple[int, ...]) -> tuple[int, .
     return (0, 1, 2) if isotropic and min(shape) >= 16 else (0,)
 
 
+def _plane_geometry(
+    axis: int, voxel_size_nm: VoxelSize, model: UNet
+) -> tuple[tuple[int, int], tuple[float, float], int]:
+    """For planes normal to ``axis``: their two axes, pixel size, and the slices of context
+    taken on each side along the normal (0 for slices thicker than twice the model's pixel,
+    which see their own plane repeated)."""
+    others = tuple(i for i in range(3) if i != axis)
+    pixel = (voxel_size_nm[others[0]], voxel_size_nm[others[1]])
+    flat = voxel_size_nm[axis] > 2 * model.config.pixel_nm
+    return others, pixel, 0 if flat else model.config.context // 2  # type: ignore[return-value]
+
+
+def prediction_box(
+    box: tuple[slice, ...], voxel_size_nm: VoxelSize, shape: tuple[int, ...], model: UNet,
+    tile: int = 256,
+) -> tuple[slice, ...]:  # fmt: skip
+    """The part of a volume of ``shape`` that `predict_probabilities` needs to give ``box``
+    exactly as from the whole volume: whole tiles with their context in every predicted plane,
+    and the model's slices of context along the planes' normal."""
+    from vemviz.unet import tile_geometry
+
+    need = [[b.start, b.stop] for b in box]
+    for axis in plane_axes(voxel_size_nm, shape):
+        others, pixel, half = _plane_geometry(axis, voxel_size_nm, model)
+        cores, halos = tile_geometry(pixel, model.config.pixel_nm, tile)
+        for o, core, halo in zip(others, cores, halos, strict=True):
+            need[o][0] = min(need[o][0], box[o].start // core * core - halo)
+            need[o][1] = max(need[o][1], -(-box[o].stop // core) * core + halo)
+        need[axis] = [
+            min(need[axis][0], box[axis].start - half),
+            max(need[axis][1], box[axis].stop + half),
+        ]
+    return tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(need, shape, strict=True))
+
+
 def predict_probabilities(
     image: np.ndarray,
     voxel_size_nm: VoxelSize,
@@ -253,8 +358,21 @@ def predict_probabilities(
     *,
     tile: int = 256,
     batch: int = 4,
+    value_range: tuple[float, float] | None = None,
+    imaged: np.ndarray | None = None,
+    origin: tuple[int, int, int] = (0, 0, 0),
+    volume_shape: tuple[int, int, int] | None = None,
+    area: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
-    """Per-voxel probability (float32, same shape) predicted by ``model``, fused over planes."""
+    """Per-voxel probability (float32) predicted by ``model``, fused over planes.
+
+    By default ``image`` is the whole volume and the result has its shape. For a block of a
+    larger volume, ``origin`` is the block's position in a volume of ``volume_shape``,
+    ``value_range`` the volume's `intensity_range`, ``imaged`` its imaged slices (per slice of
+    the volume; blank slices get 0), and the
+    result covers ``area`` (a box in volume coordinates whose `prediction_box` the block
+    contains), with exactly the values the whole volume would give there.
+    """
     import torch
 
     from vemviz.progress import track
@@ -262,32 +380,54 @@ def predict_probabilities(
 
     if image.ndim != 3:
         raise VemvizError(f"segmentation needs a (z, y, x) volume; got {image.ndim}D {image.shape}")
-    imaged = imaged_slices(image)
+    shape = tuple(volume_shape or image.shape)
+    area = area or tuple(slice(o, o + n) for o, n in zip(origin, image.shape, strict=True))
+    if imaged is None:
+        imaged = np.zeros(shape[0], bool)
+        imaged[origin[0] : origin[0] + image.shape[0]] = imaged_slices(image)
     if not imaged.any():
         raise VemvizError("the volume is blank (every slice constant): nothing to segment")
-    normalized = normalize_intensity(image)
-    config = model.config
-    axes = plane_axes(voxel_size_nm, image.shape)
-    total = np.zeros(image.shape, np.float32)
+    normalized = normalize_intensity(image, value_range)
+    axes = plane_axes(voxel_size_nm, shape)
+    total = np.zeros(tuple(a.stop - a.start for a in area), np.float32)
     for axis in axes:
         planes = np.moveaxis(normalized, axis, 0)
-        pixel = tuple(v for i, v in enumerate(voxel_size_nm) if i != axis)
-        flat = voxel_size_nm[axis] > 2 * config.pixel_nm
-        half = config.context // 2
-        out = np.empty(planes.shape, np.float32)
-        count = planes.shape[0]
-        for start in track(range(0, count, batch), f"{config.target} planes (axis {'zyx'[axis]})"):
-            offsets = range(-half, half + 1)
+        (o0, o1), pixel, half = _plane_geometry(axis, voxel_size_nm, model)
+        count = shape[axis]
+        wanted = range(area[axis].start, area[axis].stop)
+        extent = (len(wanted), area[o0].stop - area[o0].start, area[o1].stop - area[o1].start)
+        out = np.empty(extent, np.float32)
+        for start in track(
+            range(0, len(wanted), batch), f"{model.config.target} planes (axis {'zyx'[axis]})"
+        ):
             stack = [
-                [planes[i if flat else int(np.clip(i + d, 0, count - 1))] for d in offsets]
-                for i in range(start, min(start + batch, count))
+                [
+                    planes[int(np.clip(g + d, 0, count - 1)) - origin[axis]]
+                    for d in range(-half, half + 1)
+                ]
+                if half
+                else [planes[g - origin[axis]]] * model.config.context
+                for g in wanted[start : start + batch]
             ]
             x = torch.from_numpy(np.asarray(stack, np.float32))
-            out[start : start + len(stack)] = predict_planes(model, x, pixel, tile=tile).numpy()
+            out[start : start + len(stack)] = predict_planes(
+                model, x, pixel, tile=tile, offset=(origin[o0], origin[o1]),
+                full=(shape[o0], shape[o1]),
+                area=(area[o0].start, area[o0].stop, area[o1].start, area[o1].stop),
+            ).numpy()  # fmt: skip
         total += np.moveaxis(out, 0, axis)
     total /= len(axes)
-    total[~imaged] = 0.0
+    total[~imaged[area[0]]] = 0.0
     return total
+
+
+def instances_from_probabilities(
+    probabilities: np.ndarray, voxel_size_nm: VoxelSize, target: str
+) -> np.ndarray:
+    """Instance labels from a model's probabilities: of mitochondrion, or of cell boundary."""
+    if target == "mito":
+        return mito_instances(probabilities, voxel_size_nm)
+    return cells_from_boundaries(probabilities, voxel_size_nm)
 
 
 def uncertainty_report(probabilities: np.ndarray, low: float = 0.3, high: float = 0.7) -> dict:
@@ -417,11 +557,7 @@ def segment_learned(
 ) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
     """Instance labels, a report and the probability volume predicted by ``model``."""
     probabilities = predict_probabilities(image, voxel_size_nm, model)
-    target = model.config.target
-    if target == "mito":
-        labels = mito_instances(probabilities, voxel_size_nm)
-    else:
-        labels = cells_from_boundaries(probabilities, voxel_size_nm)
+    labels = instances_from_probabilities(probabilities, voxel_size_nm, model.config.target)
     report = {
         "method": "learned",
         "model_pixel_nm": model.config.pixel_nm,

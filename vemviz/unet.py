@@ -16,6 +16,7 @@ ship in ``vemviz/weights/`` and are found by `shipped_model`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,20 +125,48 @@ def resample_planes(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(planes, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def _window(size: int, overlap: int) -> torch.Tensor:
-    """1D blending weights: a linear ramp over the overlap at each end, 1 in between."""
-    ramp = torch.ones(size)
-    if overlap:
-        edge = (torch.arange(overlap, dtype=torch.float32) + 1) / (overlap + 1)
-        ramp[:overlap], ramp[-overlap:] = edge, edge.flip(0)
-    return ramp
+def tile_geometry(
+    pixel_nm: tuple[float, float], model_pixel_nm: float, tile: int = 256
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Tile cores and context (input pixels, per plane axis) of `predict_planes`.
+
+    A window of ``tile`` model pixels is a core of ``3/4 tile`` plus ``tile / 8`` of context
+    on each side, converted to input pixels of ``pixel_nm``.
+    """
+    context = tile // 8
+    cores = tuple(max(1, round((tile - 2 * context) * model_pixel_nm / p)) for p in pixel_nm)
+    halos = tuple(math.ceil(context * model_pixel_nm / p) for p in pixel_nm)
+    return cores, halos  # type: ignore[return-value]
 
 
-def _starts(length: int, tile: int, step: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, step))
-    return [*starts, length - tile]
+def tile_grid(length: int, core: int, context: int) -> list[tuple[int, int, int, int]]:
+    """Tiles of one plane axis: (core start, core stop, window start, window stop).
+
+    Cores of ``core`` pixels from 0 cover ``[0, length)``; each window adds ``context`` pixels
+    on both sides, clipped to the plane.
+    """
+    return [
+        (s, min(s + core, length), max(s - context, 0), min(s + core + context, length))
+        for s in range(0, length, core)
+    ]
+
+
+def _predict_window(
+    model: UNet, window: torch.Tensor, pixel_nm: tuple[float, float]
+) -> torch.Tensor:
+    """Probabilities (N, h, w) of one window (N, context, h, w), one plane per forward pass."""
+    config = model.config
+    device = next(model.parameters()).device
+    height, width = window.shape[-2:]
+    size = (max(round(height * pixel_nm[0] / config.pixel_nm), 1),
+            max(round(width * pixel_nm[1] / config.pixel_nm), 1))  # fmt: skip
+    x = resample_planes(window.float(), size)
+    m = config.multiple
+    padded = [-(-s // m) * m for s in size]
+    pad = (0, padded[1] - size[1], 0, padded[0] - size[0])
+    x = F.pad(x, pad, mode="reflect" if min(size) > max(pad) else "replicate")
+    prob = torch.cat([torch.sigmoid(model(x[n : n + 1].to(device))).cpu() for n in range(len(x))])
+    return resample_planes(prob[..., : size[0], : size[1]], (height, width))[:, 0]
 
 
 @torch.no_grad()
@@ -147,35 +176,45 @@ def predict_planes(
     pixel_nm: tuple[float, float],
     *,
     tile: int = 256,
-    overlap: int = 32,
+    offset: tuple[int, int] = (0, 0),
+    full: tuple[int, int] | None = None,
+    area: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Probabilities (N, H, W) for normalised planes (N, context, H, W) with ``pixel_nm`` pixels.
+    """Probabilities for normalised planes (N, context, H, W) with ``pixel_nm`` pixels.
 
-    The planes are resampled to the model's pixel size, padded (reflect) to the model's size
-    multiple, predicted in overlapping tiles blended by linear ramps, and resampled back.
+    The planes are cut into a fixed grid of tiles anchored at the origin of the whole plane
+    (`tile_geometry`, `tile_grid`); each tile is predicted from its window alone (resampled to
+    the model's pixel size, padded to its size multiple) and only its core is kept. A tile's
+    value therefore does not depend on what else is predicted: a block of a larger plane
+    gives exactly the whole plane's values. ``planes`` may be such a block: it starts at
+    ``offset`` of a plane of size ``full``, and the result covers ``area`` (row start, stop,
+    column start, stop, in whole-plane pixels; default the block), whose tiles' windows must
+    lie in the block (`prediction_box` in `vemviz.segment` gives the block to read).
     """
-    config = model.config
-    device = next(model.parameters()).device
     height, width = planes.shape[-2:]
-    size = (max(round(height * pixel_nm[0] / config.pixel_nm), 1),
-            max(round(width * pixel_nm[1] / config.pixel_nm), 1))  # fmt: skip
-    x = resample_planes(planes.float(), size)
-    m = config.multiple
-    tile = max(m, tile // m * m)
-    padded = [-(-s // m) * m for s in size]
-    pad = (0, padded[1] - size[1], 0, padded[0] - size[0])
-    x = F.pad(x, pad, mode="reflect" if min(size) > max(pad) else "replicate")
-    tiles_y = min(tile, padded[0])
-    tiles_x = min(tile, padded[1])
-    out = torch.zeros((x.shape[0], 1, *padded))
-    weight = torch.zeros((1, 1, *padded))
-    over_y, over_x = min(overlap, tiles_y // 4), min(overlap, tiles_x // 4)
-    window = _window(tiles_y, over_y)[:, None] * _window(tiles_x, over_x)[None, :]
-    for y0 in _starts(padded[0], tiles_y, tiles_y - 2 * over_y):
-        for x0 in _starts(padded[1], tiles_x, tiles_x - 2 * over_x):
-            crop = x[..., y0 : y0 + tiles_y, x0 : x0 + tiles_x].to(device)
-            prob = torch.sigmoid(model(crop)).cpu()
-            out[..., y0 : y0 + tiles_y, x0 : x0 + tiles_x] += prob * window
-            weight[..., y0 : y0 + tiles_y, x0 : x0 + tiles_x] += window
-    out = (out / weight)[..., : size[0], : size[1]]
-    return resample_planes(out, (height, width))[:, 0].clamp_(0, 1)
+    full = full or (height, width)
+    r_lo, r_hi, c_lo, c_hi = area or (offset[0], offset[0] + height, offset[1], offset[1] + width)
+    (core_r, core_c), (halo_r, halo_c) = tile_geometry(pixel_nm, model.config.pixel_nm, tile)
+    out = torch.zeros((planes.shape[0], r_hi - r_lo, c_hi - c_lo))
+    for r0, r1, wr0, wr1 in tile_grid(full[0], core_r, halo_r):
+        if r1 <= r_lo or r0 >= r_hi:
+            continue
+        for c0, c1, wc0, wc1 in tile_grid(full[1], core_c, halo_c):
+            if c1 <= c_lo or c0 >= c_hi:
+                continue
+            if (
+                wr0 < offset[0]
+                or wc0 < offset[1]
+                or wr1 > offset[0] + height
+                or wc1 > offset[1] + width
+            ):
+                raise VemvizError("a tile's window reaches outside the planes given")
+            window = planes[
+                ..., wr0 - offset[0] : wr1 - offset[0], wc0 - offset[1] : wc1 - offset[1]
+            ]
+            prob = _predict_window(model, window, pixel_nm)
+            y0, y1, x0, x1 = max(r0, r_lo), min(r1, r_hi), max(c0, c_lo), min(c1, c_hi)
+            out[:, y0 - r_lo : y1 - r_lo, x0 - c_lo : x1 - c_lo] = prob[
+                :, y0 - wr0 : y1 - wr0, x0 - wc0 : x1 - wc0
+            ]
+    return out.clamp_(0, 1)
