@@ -17,7 +17,6 @@ import numpy as np
 
 from vemviz import align as align_mod
 from vemviz import iso as iso_mod
-from vemviz import mesh as mesh_mod
 from vemviz import reimage as reimage_mod
 from vemviz import restore as restore_mod
 from vemviz import segment as segment_mod
@@ -429,6 +428,8 @@ def mesh(
     Label volumes larger than ``memory_budget`` bytes (or any, with a dask ``scheduler``) are
     meshed by blocks (`vemviz.blockmesh`), from the same marching-cubes surfaces.
     """
+    from vemviz import mesh as mesh_mod  # pyvista and trimesh load only when meshing
+
     voxel = labels.require_voxel_size("meshing in physical units")
     target = labels.metadata.get("target")
     class_name = class_name or CLASS_OF_TARGET.get(target, "object")

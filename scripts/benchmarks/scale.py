@@ -92,7 +92,8 @@ def _tree_rss(roots: list[psutil.Process]) -> int:
 
 @contextmanager
 def cluster(workers: int, folder: Path, env: dict[str, str]) -> Iterator[tuple[str, list]]:
-    """A dask scheduler and ``workers`` single-threaded worker processes (the README way)."""
+    """A dask scheduler and ``workers`` single-threaded worker processes that import vemviz
+    when they start (``--preload``), the README way."""
     dask = Path(sys.executable).with_name("dask")
     info = folder / f"scheduler-{workers}.json"
     info.unlink(missing_ok=True)
@@ -106,7 +107,7 @@ def cluster(workers: int, folder: Path, env: dict[str, str]) -> Iterator[tuple[s
     address = json.loads(info.read_text())["address"]
     worker = subprocess.Popen(
         [str(dask), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
-         "--memory-limit", "0", "--no-dashboard"],
+         "--memory-limit", "0", "--no-dashboard", "--preload", "vemviz.blockwise"],
         env=env, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     from distributed import Client
