@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> Result:
                     *stage_args[name][:1], str(source), *stage_args[name][1:], "--out", str(out),
                     "--memory-budget", args.memory_budget, "--scheduler", address,
                 ]  # fmt: skip
+                os.sync()  # no run pays for writing back the previous run's output
                 load = os.getloadavg()[0]
                 seconds, peak, _ = run_cli(command, env, processes)
                 out_mvox = float(np.prod(__import__("vemviz").read_volume(out).shape)) / 1e6
