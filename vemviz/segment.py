@@ -335,15 +335,20 @@ def prediction_box(
     """The part of a volume of ``shape`` that `predict_probabilities` needs to give ``box``
     exactly as from the whole volume: whole tiles with their context in every predicted plane,
     and the model's slices of context along the planes' normal."""
-    from vemviz.unet import tile_geometry
+    from vemviz.unet import tile_geometry, tile_grid
 
     need = [[b.start, b.stop] for b in box]
     for axis in plane_axes(voxel_size_nm, shape):
         others, pixel, half = _plane_geometry(axis, voxel_size_nm, model)
         cores, halos = tile_geometry(pixel, model.config.pixel_nm, tile)
         for o, core, halo in zip(others, cores, halos, strict=True):
-            need[o][0] = min(need[o][0], box[o].start // core * core - halo)
-            need[o][1] = max(need[o][1], -(-box[o].stop // core) * core + halo)
+            windows = [
+                (w0, w1)
+                for c0, c1, w0, w1 in tile_grid(shape[o], core, halo)
+                if c1 > box[o].start and c0 < box[o].stop
+            ]
+            need[o][0] = min(need[o][0], min(w0 for w0, _ in windows))
+            need[o][1] = max(need[o][1], max(w1 for _, w1 in windows))
         need[axis] = [
             min(need[axis][0], box[axis].start - half),
             max(need[axis][1], box[axis].stop + half),

@@ -142,12 +142,14 @@ def tile_geometry(
 def tile_grid(length: int, core: int, context: int) -> list[tuple[int, int, int, int]]:
     """Tiles of one plane axis: (core start, core stop, window start, window stop).
 
-    Cores of ``core`` pixels from 0 cover ``[0, length)``; each window adds ``context`` pixels
-    on both sides, clipped to the plane.
+    Cores of at most ``core`` pixels, all of about the same size, cover ``[0, length)`` from
+    0 (so no thin last tile); each window adds ``context`` pixels on both sides, clipped to the
+    plane. The grid depends only on the plane's length.
     """
+    size = -(-length // -(-length // core))
     return [
-        (s, min(s + core, length), max(s - context, 0), min(s + core + context, length))
-        for s in range(0, length, core)
+        (s, min(s + size, length), max(s - context, 0), min(s + size + context, length))
+        for s in range(0, length, size)
     ]
 
 
