@@ -45,6 +45,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import zarr
 from scipy.sparse import coo_matrix
@@ -337,10 +338,10 @@ class _LabelTask:
 
     def __call__(self) -> int:
         region = np.asarray(self.region.compute(scheduler="synchronous"))
-        labels, labels_box = self.stage.labels(region, self.region_box, self.box, self.shape)
-        core = labels[_local(self.box, labels_box)]
+        labels = self.stage.labels(region)
+        core = labels[_local(self.box, self.region_box)]
         write_block(self.local_store, "local", self.box, core)
-        faces = _face_layers(labels, labels_box, self.box, self.shape)
+        faces = _face_layers(labels, self.region_box, self.box, self.shape)
         with open(self.faces, "wb") as handle:
             np.savez_compressed(
                 handle, count=np.uint64(labels.max()), core=np.unique(core), **faces
@@ -348,6 +349,31 @@ class _LabelTask:
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.touch()
         return int(core.size)
+
+
+@dataclass(frozen=True)
+class _ProbabilityTask:
+    """The learned model's probabilities of ``box``, from the input read at ``read``."""
+
+    stage: SegmentBlocks
+    region: Any
+    read: Box
+    box: Box
+    shape: tuple[int, int, int]
+    store: Path
+    marker: Path
+
+    def __call__(self) -> int:
+        region = np.asarray(self.region.compute(scheduler="synchronous"))
+        values = segment_mod.predict_probabilities(
+            region, self.stage.voxel, _network(self.stage.target),
+            value_range=self.stage.value_range, imaged=self.stage.imaged,
+            origin=tuple(b.start for b in self.read), volume_shape=self.shape, area=self.box,
+        )  # fmt: skip
+        write_block(self.store, "p", self.box, values)
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.touch()
+        return int(values.size)
 
 
 @dataclass(frozen=True)
@@ -629,25 +655,42 @@ class SegmentBlocks(BlockStage):
             return self
         return replace(self, threshold=mito_threshold(volume, self.voxel, runner))
 
-    def labels(
-        self, region: np.ndarray, region_box: Box, box: Box, shape: tuple[int, int, int]
-    ) -> tuple[np.ndarray, Box]:
-        """Labels of ``box`` widened by the halo, from the input ``region`` (at
-        ``region_box``), and that widened box."""
-        labels_box = _grow(box, self.halo(), shape)
+    def labels(self, region: np.ndarray) -> np.ndarray:
+        """Labels of a block's region: from the image (classical) or from the probabilities
+        that the learned model gave it (`probabilities`)."""
         if self.method == "learned":
-            probabilities = segment_mod.predict_probabilities(
-                region, self.voxel, _network(self.target), value_range=self.value_range,
-                imaged=self.imaged, origin=tuple(b.start for b in region_box),
-                volume_shape=shape, area=labels_box,
-            )  # fmt: skip
-            labels = segment_mod.instances_from_probabilities(
-                probabilities, self.voxel, self.target
-            )
-            return labels.astype(np.uint32), labels_box
+            labels = segment_mod.instances_from_probabilities(region, self.voxel, self.target)
+            return labels.astype(np.uint32)
         options = {} if self.threshold is None else {"threshold": self.threshold}
-        labels = segment_mod.segment(region, self.voxel, self.target, **options)[0]
-        return labels.astype(np.uint32), labels_box
+        return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(np.uint32)
+
+    def probabilities(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> Volume:
+        """The learned model's probabilities of the whole volume, by blocks, in the work folder.
+
+        Each tile of the network's grid is predicted once where possible: for XY-only
+        prediction (anisotropic voxels) the blocks are slabs of whole planes; for three
+        orientations they are the label ``grid``'s blocks, whose border tiles are predicted by
+        both neighbours.
+        """
+        network = _network(self.target)
+        shape = volume.shape
+        if segment_mod.plane_axes(self.voxel, shape) == (0,):
+            depth = max(1, int(np.prod(grid.block)) // (shape[1] * shape[2]))
+            grid = Grid(shape, (min(depth, shape[0]), shape[1], shape[2]))
+        store = work.root / "probabilities.zarr"
+        if not store.exists():
+            group = zarr.open_group(str(store), mode="w")
+            group.create_array("p", shape=shape, dtype=np.float32, chunks=grid.block, fill_value=0)
+        data = lazy(volume)
+        done = work.done("probabilities", len(grid))
+        tasks = []
+        for i in (i for i in range(len(grid)) if not done[i]):
+            box = grid.box(i)
+            read = segment_mod.prediction_box(box, self.voxel, shape, network)
+            tasks.append(_ProbabilityTask(self, region_of(data, read), read, box, shape, store,
+                                          work.marker("probabilities", i)))  # fmt: skip
+        runner.map(_call, tasks, f"segment: probabilities ({len(grid) - len(tasks)} done before)")
+        return volume.with_data(da.from_zarr(str(store / "p")))
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         local = work.root / "local.zarr"
@@ -658,6 +701,8 @@ class SegmentBlocks(BlockStage):
             )
         faces = work.root / "faces"
         faces.mkdir(exist_ok=True)
+        if self.method == "learned":
+            volume = self.probabilities(volume, work, grid, runner)
         tasks = [
             _LabelTask(self, region, region_box, box, volume.shape, local, faces / f"{i}.npz",
                        work.marker("blocks", i))
