@@ -30,9 +30,11 @@ halo is what makes block results equal to whole-volume results:
   blocks, streamed in bounded tasks: the classical threshold (Otsu over the whole smoothed
   volume, `mito_threshold`) and the learned model's intensity range (`intensity_range`).
   The learned model predicts a fixed grid of tiles anchored at the volume's origin, each from
-  its own window (`unet.predict_planes`), so a block reads the whole tiles around its halo
-  (`segment.prediction_box`) and gets exactly the in-memory probabilities. Either way the
-  labels equal the in-memory ones.
+  its own window (`unet.predict_planes`), so a block that reads the whole tiles around it
+  (`segment.prediction_box`) gets exactly the in-memory probabilities. They are computed in a
+  first pass (slabs of whole planes when only XY planes are predicted, so every tile is
+  predicted once) into the work folder, and the labels of each block are then made from the
+  stored probabilities with the halo. Either way the labels equal the in-memory ones.
 """
 
 from __future__ import annotations
