@@ -640,10 +640,7 @@ class SegmentBlocks(BlockStage):
         return tuple(max(1, math.ceil(self.halo_nm / v)) for v in self.voxel)  # type: ignore[return-value]
 
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
-        region = _grow(box, self.halo(), in_shape)
-        if self.method != "learned":
-            return region
-        return segment_mod.prediction_box(region, self.voxel, in_shape, _network(self.target))
+        return _grow(box, self.halo(), in_shape)
 
     def prepare(self, volume: Volume, runner: Runner) -> SegmentBlocks:
         if self.method == "learned":

@@ -374,9 +374,9 @@ def predict_probabilities(
     By default ``image`` is the whole volume and the result has its shape. For a block of a
     larger volume, ``origin`` is the block's position in a volume of ``volume_shape``,
     ``value_range`` the volume's `intensity_range`, ``imaged`` its imaged slices (per slice of
-    the volume; blank slices get 0), and the
-    result covers ``area`` (a box in volume coordinates whose `prediction_box` the block
-    contains), with exactly the values the whole volume would give there.
+    the volume; blank slices get 0), and the result covers ``area`` (a box in volume
+    coordinates whose `prediction_box` the block contains), with exactly the values the whole
+    volume would give there.
     """
     import torch
 
