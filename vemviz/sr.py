@@ -11,9 +11,9 @@ the x/y voxel size is divided by ``scale`` (`sr_voxel_size`).
 upscales the original slices. Its output is clipped to the input's range like bicubic.
 
 Measured on FlyEM slices area-downsampled by ``scale`` and restored (PSNR / mean SSIM against
-the originals, data range 255; all 250 slices, x4 on a 248 x 248 crop): bicubic x2 34.37 dB /
-0.921, x4 30.13 dB / 0.800; learned (240 s budget, loaded CPU) x2 33.99 / 0.923, x4 30.18 /
-0.818. Learned one octave down, the sharpening does not transfer to the finest scale at x2.
+the originals, data range 255; all 250 slices, x4 on a 248 x 248 crop; 3000 training steps):
+bicubic x2 34.37 dB / 0.921, x4 30.13 dB / 0.800; learned x2 34.55 / 0.927, x4 29.56 / 0.798.
+Learned one octave down, the detail does not fully transfer to the finest scale.
 """
 
 from __future__ import annotations
