@@ -103,7 +103,8 @@ def test_intensity_range_is_numpys_percentiles_for_integers_and_close_for_floats
     assert intensity_range(image) == pytest.approx(np.percentile(chosen, [1, 99]), abs=1e-9)
     floats = image.astype(np.float32) / 7
     want = np.percentile(floats[::3], [1, 99])
-    assert intensity_range(floats) == pytest.approx(want, abs=float(floats.max() - floats.min()) / 2**15)
+    tolerance = float(floats.max() - floats.min()) / 2**15
+    assert intensity_range(floats) == pytest.approx(want, abs=tolerance)
 
 
 def test_touching_objects_become_separate_instances():
