@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 from skimage.measure import marching_cubes
 
 from vemviz import mesh as mesh_mod
-from vemviz.chunked import Box, Grid, Runner, lazy, region_of
+from vemviz.chunked import Box, Grid, Runner, lazy, read_region, region_of
 from vemviz.errors import VemvizError
 from vemviz.volume import Volume, VoxelSize
 
@@ -54,7 +54,7 @@ class _MeshTask:
     out: Path
 
     def __call__(self) -> int:
-        labels = np.asarray(self.region.compute(scheduler="synchronous")).astype(np.int64)
+        labels = read_region(self.region).astype(np.int64)
         samples = np.pad(labels, list(zip(self.pad_before, self.pad_after, strict=True)))
         counts = np.bincount(samples[self.core].ravel())
         pieces: dict[str, np.ndarray] = {}

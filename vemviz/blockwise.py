@@ -66,8 +66,10 @@ from vemviz.chunked import (
     Runner,
     Work,
     lazy,
+    mark_done,
     pending_blocks,
     read_box,
+    read_region,
     region_of,
     write_block,
     write_levels,
@@ -339,7 +341,7 @@ class _LabelTask:
     marker: Path
 
     def __call__(self) -> int:
-        region = np.asarray(self.region.compute(scheduler="synchronous"))
+        region = read_region(self.region)
         labels = self.stage.labels(region)
         core = labels[_local(self.box, self.region_box)]
         write_block(self.local_store, "local", self.box, core)
@@ -348,8 +350,7 @@ class _LabelTask:
             np.savez_compressed(
                 handle, count=np.uint64(labels.max()), core=np.unique(core), **faces
             )
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        self.marker.touch()
+        mark_done(self.marker)
         return int(core.size)
 
 
@@ -366,15 +367,14 @@ class _ProbabilityTask:
     marker: Path
 
     def __call__(self) -> int:
-        region = np.asarray(self.region.compute(scheduler="synchronous"))
+        region = read_region(self.region)
         values = segment_mod.predict_probabilities(
             region, self.stage.voxel, _network(self.stage.target),
             value_range=self.stage.value_range, imaged=self.stage.imaged,
             origin=tuple(b.start for b in self.read), volume_shape=self.shape, area=self.box,
         )  # fmt: skip
         write_block(self.store, "p", self.box, values)
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        self.marker.touch()
+        mark_done(self.marker)
         return int(values.size)
 
 
@@ -390,8 +390,7 @@ class _RelabelTask:
     def __call__(self) -> int:
         local = read_box(self.local_store, "local", self.box)
         write_levels(self.store, self.box, self.table[local], True, self.levels)
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        self.marker.touch()
+        mark_done(self.marker)
         return int(local.size)
 
 
@@ -494,7 +493,7 @@ class _SliceSpreadTask:
     region: Any
 
     def __call__(self) -> tuple[int, np.ndarray, float, float]:
-        slab = np.asarray(self.region.compute(scheduler="synchronous"))
+        slab = read_region(self.region)
         spread = np.array([plane.std() for plane in slab])
         return self.z0, spread, float(slab.min()), float(slab.max())
 
@@ -511,7 +510,7 @@ class _SmoothedTask:
     value_range: tuple[float, float] | None = None
 
     def __call__(self) -> tuple[float, float] | np.ndarray:
-        region = np.asarray(self.region.compute(scheduler="synchronous"))
+        region = read_region(self.region)
         smooth = segment_mod.smooth_mito(region, self.voxel)[_local(self.box, self.region_box)]
         values = smooth[self.imaged]
         if self.value_range is not None:
@@ -553,7 +552,7 @@ class _CountsTask:
     value_range: tuple[float, float] | None = None
 
     def __call__(self) -> np.ndarray | tuple[float, float]:
-        values = np.asarray(self.region.compute(scheduler="synchronous"))[self.slices]
+        values = read_region(self.region)[self.slices]
         if self.value_range is None and not segment_mod.value_counts_exact(values.dtype):
             return float(values.min()), float(values.max())
         return segment_mod.value_counts(values, self.value_range)

@@ -427,9 +427,15 @@ class Work:
         return False
 
 
-def _mark(marker: Path) -> None:
+def mark_done(marker: Path) -> None:
+    """Record a finished block (an empty file), so that a resumed run skips it."""
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+
+
+def read_region(region: da.Array) -> np.ndarray:
+    """A task's lazy input region as an array, computed in the task's own thread."""
+    return np.asarray(region.compute(scheduler="synchronous"))
 
 
 @dataclass(frozen=True)
@@ -443,10 +449,10 @@ class _BlockTask:
     levels: int
 
     def __call__(self) -> int:
-        region = np.asarray(self.region.compute(scheduler="synchronous"))
+        region = read_region(self.region)
         values = self.stage.compute(region, self.region_box, self.box)
         write_levels(self.store, self.box, values, self.stage.is_label, self.levels)
-        _mark(self.marker)
+        mark_done(self.marker)
         return int(values.size)
 
 
