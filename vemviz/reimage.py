@@ -55,7 +55,7 @@ with a random stage error (`truth_tiles`), and scores the merged volume.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +379,8 @@ def refit_sr(
     """Super-resolve ``low`` with the learned SR network trained on the re-imaged ``tiles``.
 
     Tiles are cropped to a common square (a multiple of ``scale``) so they stack; ``training``
-    is a `vemviz.inr.Training` (default settings when None).
+    is a `vemviz.inr.Training` (default settings when None), whose steps are capped at
+    `REFIT_STEPS`.
     """
     from vemviz import inr
 
@@ -389,7 +390,9 @@ def refit_sr(
     size = min(min(t.shape) for t in tiles)
     size -= size % scale
     stack = np.stack([t[:size, :size] for t in tiles])
-    model = inr.train_sr(stack, scale, training or inr.Training())
+    training = training or inr.Training()
+    training = replace(training, steps=min(training.steps, REFIT_STEPS))
+    model = inr.train_sr(stack, scale, training)
     return sr_mod.super_resolve(low, scale, "learned", model=model)[0]
 
 

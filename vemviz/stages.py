@@ -9,7 +9,6 @@ whether it is run by hand or from a pipeline file.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -391,7 +390,7 @@ def merge_reimage(
     hr_voxel = sr_mod.sr_voxel_size(low.require_voxel_size("re-imaging"), scale)
     report: Report = {"refit": False}
     if refit and len(tiles) >= reimage_mod.MIN_REFIT_TILES:
-        training = replace(_training(time_budget, device, seed), steps=reimage_mod.REFIT_STEPS)
+        training = _training(time_budget, device, seed)
         upscaled = reimage_mod.refit_sr(low.numpy(), tiles, scale, training)
         report["refit"] = True
     else:

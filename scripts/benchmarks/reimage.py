@@ -14,7 +14,6 @@ imaged). Segmentation is scored at ``--seg-budgets`` only (it dominates the run 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -64,7 +63,6 @@ def _run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, An
     low = reimage.area_downsample(truth_full, args.scale)
     low_voxel = (voxel[0], voxel[1] * args.scale, voxel[2] * args.scale)
     training = Training(steps=args.train_steps, time_budget=args.train_seconds, device="auto")
-    refit_training = replace(training, steps=min(training.steps, reimage.REFIT_STEPS))
     assessment = reimage.assess(low, low_voxel, scale=args.scale, tile=args.tile)
     shape = assessment.sr.shape
     truth = truth_full[:, : shape[1], : shape[2]]
@@ -91,8 +89,8 @@ def _run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, An
                 chosen = reimage.random_tiles(assessment.priority.shape, budget, seed=0)
             plan = reimage.make_plan(assessment, budget=budget, chosen=chosen)
             tiles = reimage.truth_tiles(truth_full, plan, stage_error_px=2.0)
-            with timed(timing):  # the refit stops at REFIT_STEPS, as merge-reimage's does
-                refit = reimage.refit_sr(low, tiles, args.scale, refit_training)
+            with timed(timing):  # refit_sr stops at REFIT_STEPS
+                refit = reimage.refit_sr(low, tiles, args.scale, training)
                 merged, _ = reimage.merge_tiles(refit, plan, tiles)
             saved = plan["time"]["time_saved"]
             add(f"SR + {choice} re-imaging", budget, merged, saved, seconds=timing["seconds"])
