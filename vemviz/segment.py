@@ -392,6 +392,8 @@ def predict_probabilities(
         imaged[origin[0] : origin[0] + image.shape[0]] = imaged_slices(image)
     if not imaged.any():
         raise VemvizError("the volume is blank (every slice constant): nothing to segment")
+    if value_range is None:
+        value_range = intensity_range(image, imaged[origin[0] : origin[0] + image.shape[0]])
     normalized = normalize_intensity(image, value_range)
     axes = plane_axes(voxel_size_nm, shape)
     total = np.zeros(tuple(a.stop - a.start for a in area), np.float32)
