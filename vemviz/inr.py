@@ -287,8 +287,8 @@ def _sr_sample(
     height, width = plane.shape[0] - step + 1, plane.shape[1] - step + 1
     if scale == step:  # whole blocks of step x step pixels, as the scan averaged them
         height, width = height // step * step, width // step * step
-    r0, c0 = rng.integers(step), rng.integers(step)
-    plane = np.ascontiguousarray(plane[r0 : r0 + height, c0 : c0 + width])
+    dy, dx = rng.integers(step), rng.integers(step)
+    plane = np.ascontiguousarray(plane[dy : dy + height, dx : dx + width])
     small = _area_down(plane, scale)
     base = _bicubic(small, (height, width))
     r0, c0 = rng.integers(0, height - patch + 1), rng.integers(0, width - patch + 1)
