@@ -79,10 +79,6 @@ class _MeshTask:
         return len(pieces) // 2
 
 
-def _call(task: Any) -> Any:
-    return task()
-
-
 def _tasks(data: Any, grid: Grid, folder: Path) -> list[_MeshTask]:
     """One task per block of the padded volume's samples (blocks overlap by one layer)."""
     shape = tuple(s - 2 for s in grid.shape)
@@ -176,7 +172,7 @@ def mesh_blocks(
             block = tuple(max(2, min(s, math.floor(side))) for s in padded)
         grid = Grid(padded, tuple(int(b) for b in block))  # type: ignore[arg-type]
         tasks = _tasks(lazy(labels), grid, Path(folder))
-        runner.map(_call, tasks, "mesh: marching cubes by blocks")
+        runner.run(tasks, "mesh: marching cubes by blocks")
         ids, surfaces = _surfaces([t.out for t in tasks], voxel, options)
         if not ids:
             raise VemvizError("the label volume is empty (no non-zero voxels): nothing to mesh")

@@ -454,7 +454,7 @@ def merge_tables(
         if grid.index(i)[axis] + 1 < grid.counts[axis]
     ]  # fmt: skip
     edges_a, edges_b = [], []
-    for i, j, pairs in runner.map(_call, tasks, "segment: matching objects across block faces"):
+    for i, j, pairs in runner.run(tasks, "segment: matching objects across block faces"):
         for id_a, id_b in pairs:
             edges_a.append(offsets[i] + id_a)
             edges_b.append(offsets[j] + id_b)
@@ -536,7 +536,7 @@ def imaged_slices(volume: Volume, runner: Runner) -> np.ndarray:
     tasks = [_SliceSpreadTask(z, region) for z, region in _slabs(volume)]
     spread = np.zeros(volume.shape[0])
     low, high = math.inf, -math.inf
-    for z0, values, lo, hi in runner.map(_call, tasks, "segment: slice spread"):
+    for z0, values, lo, hi in runner.run(tasks, "segment: slice spread"):
         spread[z0 : z0 + len(values)] = values
         low, high = min(low, lo), max(high, hi)
     return spread > 1e-3 * max(high - low, 1.0)
@@ -568,10 +568,10 @@ def intensity_range(volume: Volume, imaged: np.ndarray, runner: Runner) -> tuple
             tasks.append(_CountsTask(region, local))
     value_range = None
     if not segment_mod.value_counts_exact(volume.dtype):
-        ranges = runner.map(_call, tasks, "segment: intensity range")
+        ranges = runner.run(tasks, "segment: intensity range")
         value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
         tasks = [replace(task, value_range=value_range) for task in tasks]
-    counts = np.sum(runner.map(_call, tasks, "segment: intensity histogram"), axis=0)
+    counts = np.sum(runner.run(tasks, "segment: intensity histogram"), axis=0)
     return segment_mod.range_from_counts(counts, volume.dtype, value_range)
 
 
@@ -594,10 +594,10 @@ def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:
             region_box = _grow(box, depth, shape)
             tasks.append(_SmoothedTask(region_of(data, region_box), region_box, box,
                                        imaged[box[0]], voxel))  # fmt: skip
-    ranges = runner.map(_call, tasks, "segment: smoothed range")
+    ranges = runner.run(tasks, "segment: smoothed range")
     value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
     histograms = [replace(task, value_range=value_range) for task in tasks]
-    counts = np.sum(runner.map(_call, histograms, "segment: histogram"), axis=0)
+    counts = np.sum(runner.run(histograms, "segment: histogram"), axis=0)
     edges = np.linspace(*value_range, 257)
     centers = (edges[:-1] + edges[1:]) / 2
     return float(threshold_otsu(hist=(counts, centers)))
@@ -687,7 +687,7 @@ class SegmentBlocks(BlockStage):
             read = segment_mod.prediction_box(box, self.voxel, shape, network)
             tasks.append(_ProbabilityTask(self, region_of(data, read), read, box, shape, store,
                                           work.marker("probabilities", i)))  # fmt: skip
-        runner.map(_call, tasks, f"segment: probabilities ({len(grid) - len(tasks)} done before)")
+        runner.run(tasks, f"segment: probabilities ({len(grid) - len(tasks)} done before)")
         return volume.with_data(da.from_zarr(str(store / "p")))
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
@@ -706,7 +706,7 @@ class SegmentBlocks(BlockStage):
                        work.marker("blocks", i))
             for i, box, region_box, region in pending_blocks(self, volume, work, grid)
         ]  # fmt: skip
-        runner.map(_call, tasks, f"segment: blocks ({len(grid) - len(tasks)} done before)")
+        runner.run(tasks, f"segment: blocks ({len(grid) - len(tasks)} done before)")
         face_files = [faces / f"{i}.npz" for i in range(len(grid))]
         tables, objects = merge_tables(grid, face_files, runner)
         object.__setattr__(self, "objects", objects)
@@ -718,12 +718,8 @@ class SegmentBlocks(BlockStage):
             for i in range(len(grid))
             if not done[i]
         ]
-        runner.map(_call, relabel, "segment: relabelling blocks")
+        runner.run(relabel, "segment: relabelling blocks")
         return len(tasks)
-
-
-def _call(task: Any) -> Any:
-    return task()
 
 
 @functools.lru_cache(maxsize=2)

@@ -351,17 +351,17 @@ class Runner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def map(self, function: Callable[..., Any], items: Sequence[Any], description: str) -> list:
-        """``function(item)`` for every item, with progress; results in completion order."""
-        return list(track(self._completed(function, items), description, total=len(items)))
+    def run(self, tasks: Sequence[Callable[[], Any]], description: str) -> list:
+        """Call every task (no arguments), with progress; results in completion order."""
+        return list(track(self._completed(tasks), description, total=len(tasks)))
 
-    def _completed(self, function: Callable[..., Any], items: Sequence[Any]) -> Iterator[Any]:
-        if not items:
+    def _completed(self, tasks: Sequence[Callable[[], Any]]) -> Iterator[Any]:
+        if not tasks:
             return
         if self.client is not None:
             from distributed import as_completed
 
-            futures = [self.client.submit(function, item, pure=False) for item in items]
+            futures = [self.client.submit(task, pure=False) for task in tasks]
             try:
                 for future in as_completed(futures):
                     yield future.result()
@@ -370,10 +370,9 @@ class Runner:
             return
         with ThreadPoolExecutor(self.workers) as pool:
             pending = set()
-            queue = iter(items)
             try:
-                for item in queue:
-                    pending.add(pool.submit(function, item))
+                for task in tasks:
+                    pending.add(pool.submit(task))
                     if len(pending) >= self.workers:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         yield from (f.result() for f in done)
@@ -456,10 +455,6 @@ class _BlockTask:
         return int(values.size)
 
 
-def _call(task: Callable[[], Any]) -> Any:
-    return task()
-
-
 def lazy(volume: Volume) -> da.Array:
     """The volume's voxels as a dask array (in-memory arrays are wrapped, not copied)."""
     data = volume.data
@@ -499,7 +494,7 @@ def run_blocks(
                    grid.levels)
         for i, box, region_box, region in pending_blocks(stage, volume, work, grid)
     ]  # fmt: skip
-    runner.map(_call, tasks, f"{stage.name}: blocks ({len(grid) - len(tasks)} done before)")
+    runner.run(tasks, f"{stage.name}: blocks ({len(grid) - len(tasks)} done before)")
     return len(tasks)
 
 
