@@ -83,6 +83,28 @@ def test_flow_follows_motion() -> None:
     assert psnr(flow[inner], truth[inner]) > psnr(linear[inner], truth[inner]) + 15
 
 
+def test_flow_follows_curved_paths() -> None:
+    """Content shifted by 2 z^2 px at z = -1, 0, 1, 2: the slice at z = 0.5 sits at 0.5 px,
+    where a straight path from z = 0 to 1 would put it at 1 px."""
+    from scipy.ndimage import shift
+
+    from vemviz.flow import interpolate_frame, pair_flows
+
+    texture = _texture((96, 160))
+
+    def at(z: float) -> np.ndarray:
+        return shift(texture, (0, 2 * z * z), order=3, mode="nearest")[:, 30:126]
+
+    stack = np.stack([at(z) for z in (-1, 0, 1, 2)]).astype(np.float32)
+    truth = at(0.5)
+    inner = (slice(20, -20), slice(20, -20))
+    curved = interpolate_z(stack, 2, "flow")[3]  # input position 1.5 = z 0.5
+    straight = interpolate_frame(stack[1], stack[2], 0.5, pair_flows(stack[1], stack[2]))
+    curved_error = np.sqrt(np.mean((curved - truth)[inner] ** 2))
+    straight_error = np.sqrt(np.mean((straight - truth)[inner] ** 2))
+    assert curved_error < 0.5 * straight_error
+
+
 @pytest.mark.parametrize(
     ("stack", "factor", "method", "message"),
     [

@@ -114,6 +114,26 @@ def test_cli_inr_fills_missing_slices(tmp_path: Path) -> None:
     assert psnr(truth[5:7], restored[5:7]) > psnr(truth[5:7], damaged[5:7]) + 10
 
 
+def test_flow_fill_bends_paths_with_the_slices_beyond() -> None:
+    """Slice k shows a texture shifted by (k - 2)^2 / 2 px: filling slice 3 from 2 and 4
+    (shifts 0 and 2) along a straight path would put it at 1 px; with slices 1 and 5 beyond
+    (half a gap away) the parabola puts it at the true 0.5 px."""
+    import cv2
+    from scipy.ndimage import shift
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (96, 160)).astype(np.float32), (0, 0), 4)
+    texture = (texture - texture.mean()) * 8 + 128
+    stack = np.stack([shift(texture, (0, (k - 2) ** 2 / 2), order=3)[:, 30:126]
+                      for k in range(6)])  # fmt: skip
+    inner = (slice(20, -20), slice(20, -20))
+    curved = fill_slices(stack, [3], method="flow")[3]
+    straight = fill_slices(stack[2:5], [1], method="flow")[1]  # no slices beyond
+    assert np.sqrt(np.mean((curved - stack[3])[inner] ** 2)) < 0.5 * np.sqrt(
+        np.mean((straight - stack[3])[inner] ** 2)
+    )
+
+
 def test_mask_must_match_the_volume() -> None:
     stack = np.zeros((3, 4, 4), dtype=np.uint8)
     with pytest.raises(VemvizError, match=r"mask has shape \(3, 4, 5\) but the volume has"):

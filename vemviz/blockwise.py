@@ -5,11 +5,13 @@ stage's method needs, calls the stage's public array function on that box, and c
 halo is what makes block results equal to whole-volume results:
 
 - inpaint (`restore.fill_slices`): blocks span z slabs of whole slices (optical flow sees whole
-  images); the input slab is widened to the nearest good slice below and above every damaged
-  slice of the block, which is all a filled slice depends on. Only given whole slices are
+  images); the input slab is widened to the two nearest good slices below and above every
+  damaged slice of the block, which is all a filled slice depends on (the outer ones bend the
+  flow's paths). Only given whole slices are
   filled by blocks; damage detection and masks run in memory (`vemviz.restore`).
 - iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
-  next one (linear, flow), so a block of output slices reads only its input slab; the natural
+  next one (linear; flow also on one more on each side, which bend its paths), so a block of
+  output slices reads only its input slab (and one slice of halo for flow); the natural
   cubic spline is global along z, but its influence decays by ~0.27 per slice, so 16 slices of
   halo make blocks agree to ~1e-9 of the range. Blocks start at output slices that sit on
   input slices (multiples of ``p`` for ``F = p/q``). Flow needs whole planes; linear and cubic
@@ -137,11 +139,21 @@ class InpaintBlocks(BlockStage):
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
         bad = set(self.slices)
         z0, z1 = _span(box[0])
-        low, high = z0, z1 - 1
-        while low in bad and low > 0:
-            low -= 1
-        while high in bad and high < in_shape[0] - 1:
-            high += 1
+        last = in_shape[0] - 1
+
+        def good_below(z: int) -> int:
+            while z in bad and z > 0:
+                z -= 1
+            return z
+
+        def good_above(z: int) -> int:
+            while z in bad and z < last:
+                z += 1
+            return z
+
+        low, high = good_below(z0), good_above(z1 - 1)  # the nearest good slices,
+        low = good_below(low - 1) if low > 0 else low  # and the ones beyond them
+        high = good_above(high + 1) if high < last else high
         return _box((low, high + 1), (0, in_shape[1]), (0, in_shape[2]))
 
     def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
@@ -204,7 +216,7 @@ class IsoBlocks(BlockStage):
         k0, k1 = _span(box[0])
         first = k0 * q // p
         last = min(math.floor((k1 - 1) / self.factor) + 1, n_z - 1)
-        halo = q * math.ceil(_CUBIC_HALO / q) if self.method == "cubic" else 0
+        halo = {"cubic": q * math.ceil(_CUBIC_HALO / q), "flow": q}.get(self.method, 0)
         low, high = max(first - halo, 0), min(last + 1 + halo, n_z)
         if high - low < 2:
             low = (max(high - 2, 0) // q) * q

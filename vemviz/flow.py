@@ -18,6 +18,16 @@ by following that motion than by cross-fading the two images:
    Where both sides are inconsistent the blend falls back to the distance weights. Farneback
    flows are smooth and rarely disagree: on FlyEM, and on a synthetic disc moving over texture,
    this weighting changed PSNR by under 0.02 dB against plain distance weights.
+3. Curved paths (`bend_pair`, the idea of quadratic video interpolation, Xu et al. 2019): a
+   straight path from ``a`` to ``b`` is all two slices can tell, but structures curve through z
+   (a neurite bending away). Given the slice beyond ``a`` (at ``-h`` pair spacings), the
+   content of each pixel of ``a`` follows the parabola ``d(t) = v t + c t^2`` through its
+   flows to ``b`` (``d(1)``) and to that slice (``d(-h)``):
+   ``c = (flow_a_beyond + h * flow_ab) / (h (1 + h))``. Its departure from the straight line,
+   ``c (t^2 - t)``, is subtracted from ``a``'s sample position; likewise for ``b`` with
+   ``1 - t`` and the slice beyond ``b``. On FlyEM (every F-th slice kept, slices in between
+   scored) this gained 0.04 dB at F = 2, 0.05 dB at F = 4 and 0.14 dB at F = 8 over straight
+   paths. Without a slice beyond (the ends of a stack) the path stays straight.
 
 All functions take and return 2D arrays; `to_dtype` converts float results back to the input
 dtype (rounded and clipped for integer types).
@@ -25,7 +35,7 @@ dtype (rounded and clipped for integer types).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -88,12 +98,15 @@ def _confidence(error: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PairFlow:
-    """Flows between slices ``a`` and ``b`` and the confidence of each direction per pixel."""
+    """Flows between slices ``a`` and ``b``, the confidence of each direction per pixel and,
+    once `bend_pair` has seen the slices beyond, the bends of the paths through ``a`` and ``b``."""
 
     a_to_b: np.ndarray
     b_to_a: np.ndarray
     confidence_a: np.ndarray  # trust in samples taken from ``a`` (consistency of b_to_a)
     confidence_b: np.ndarray  # trust in samples taken from ``b`` (consistency of a_to_b)
+    bend_a: np.ndarray | None = None  # c of the parabola through a's pixels (None: straight)
+    bend_b: np.ndarray | None = None
 
 
 def pair_flows(a: np.ndarray, b: np.ndarray) -> PairFlow:
@@ -108,17 +121,51 @@ def pair_flows(a: np.ndarray, b: np.ndarray) -> PairFlow:
     )
 
 
+def _bend(inward: np.ndarray, outward: np.ndarray, distance: float) -> np.ndarray:
+    """``c`` of ``d(t) = v t + c t^2`` with ``d(1) = inward`` and ``d(-distance) = outward``."""
+    h = float(distance)
+    return ((outward + h * inward) / (h * (1.0 + h))).astype(np.float32)
+
+
+def bend_pair(
+    flows: PairFlow,
+    before: PairFlow | None,
+    after: PairFlow | None,
+    spacing: tuple[float, float] = (1.0, 1.0),
+) -> PairFlow:
+    """``flows`` of the pair (a, b) with curved paths through its slices.
+
+    ``before`` is `pair_flows` of (the slice beyond ``a``, ``a``), ``after`` of (``b``, the
+    slice beyond ``b``), either None where there is no such slice; ``spacing`` gives their
+    distances from ``a`` and ``b`` in units of the pair's own spacing.
+    """
+    if spacing[0] <= 0 or spacing[1] <= 0:
+        raise ValueError(f"spacings must be positive, got {spacing}")
+    return replace(
+        flows,
+        bend_a=None if before is None else _bend(flows.a_to_b, before.b_to_a, spacing[0]),
+        bend_b=None if after is None else _bend(flows.b_to_a, after.a_to_b, spacing[1]),
+    )
+
+
 def warp_pair(
     a: np.ndarray, b: np.ndarray, t: float, flows: PairFlow
 ) -> tuple[np.ndarray, np.ndarray]:
     """``a`` and ``b`` (float32) each warped to the fractional position ``t`` between them."""
-    return warp(a, flows.b_to_a, t), warp(b, flows.a_to_b, 1.0 - t)
+    s = 1.0 - t
+    to_a, to_b = t * flows.b_to_a, s * flows.a_to_b
+    if flows.bend_a is not None:
+        to_a = to_a - (t * t - t) * flows.bend_a
+    if flows.bend_b is not None:
+        to_b = to_b - (s * s - s) * flows.bend_b
+    return warp(a, to_a), warp(b, to_b)
 
 
 def interpolate_frame(a: np.ndarray, b: np.ndarray, t: float, flows: PairFlow) -> np.ndarray:
     """Slice at fractional position ``t`` (0 = ``a``, 1 = ``b``) as float32.
 
-    ``flows`` is ``pair_flows(a, b)``; compute it once per pair and reuse it for every ``t``.
+    ``flows`` is ``pair_flows(a, b)``, curved by `bend_pair` where the slices beyond are known;
+    compute it once per pair and reuse it for every ``t``.
     """
     from_a, from_b = warp_pair(a, b, t, flows)
     weight_a = (1.0 - t) * flows.confidence_a

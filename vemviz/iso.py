@@ -40,7 +40,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from vemviz.errors import VemvizError
-from vemviz.flow import interpolate_frame, pair_flows, to_dtype
+from vemviz.flow import PairFlow, bend_pair, interpolate_frame, pair_flows, to_dtype
 from vemviz.progress import track
 from vemviz.volume import VoxelSize, validate_voxel_size
 
@@ -97,13 +97,24 @@ def _cubic(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 def _flow(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Flow interpolation along curved paths: each pair's flows bent by its neighbour pairs'."""
     lower, frac = _bracket(positions)
     out = np.empty((len(positions), *stack.shape[1:]), dtype=np.float32)
+    pairs: dict[int, PairFlow] = {}
+
+    def pair(i: int) -> PairFlow:
+        if i not in pairs:
+            pairs[i] = pair_flows(stack[i], stack[i + 1])
+        return pairs[i]
+
     for i in track(np.unique(lower), "iso: optical flow"):
-        a, b = stack[i], stack[i + 1]
-        flows = pair_flows(a, b)
+        for done in [k for k in pairs if k < i - 1]:
+            del pairs[done]
+        before = pair(i - 1) if i > 0 else None
+        after = pair(i + 1) if i + 2 < len(stack) else None
+        flows = bend_pair(pair(i), before, after)
         for k in np.flatnonzero(lower == i):
-            out[k] = interpolate_frame(a, b, float(frac[k]), flows)
+            out[k] = interpolate_frame(stack[i], stack[i + 1], float(frac[k]), flows)
     return out
 
 
