@@ -14,9 +14,9 @@ Methods:
   in blocks of rows to bound memory). Natural end conditions reproduce the project's reference
   numbers for a cubic spline; not-a-knot scored 0.07-0.13 dB lower on FlyEM.
 - ``flow``: optical-flow interpolation (`vemviz.flow`): dense flow between each pair of
-  consecutive slices, both slices warped toward the new position and blended with
-  occlusion-aware weights. It follows structures that move between sections instead of
-  cross-fading them, and scores best of the three on FlyEM.
+  consecutive slices, both slices warped toward the new position along paths bent by the flows
+  to the slices beyond, and blended with occlusion-aware weights. It follows structures that
+  move between sections instead of cross-fading them, and scores best of the three on FlyEM.
 - ``inr``: a self-supervised local implicit function (`vemviz.inr`): trained on the volume's own
   XY planes decimated along one in-plane axis, applied to its XZ and YZ planes and the two passes
   averaged, as a residual over the cubic spline; the result is then averaged with the ``flow``
@@ -26,9 +26,9 @@ Methods:
 
 Measured on FlyEM (250^3, 10 nm), keeping every F-th slice and scoring the synthesized slices
 (PSNR / mean SSIM, data range 255): x4 linear 28.11 / 0.759, cubic 28.12 / 0.760,
-flow 28.99 / 0.795, inr 29.53 / 0.811; x8 linear 24.33 / 0.598, cubic 24.03 / 0.590,
-flow 24.93 / 0.646, inr 25.57 / 0.673 (inr: default 240 s training budget on a loaded 2-core CPU,
-about 1800 steps; `scripts/benchmark.py iso`).
+flow 29.03 / 0.797, inr 29.53 / 0.811; x8 linear 24.33 / 0.598, cubic 24.03 / 0.590,
+flow 25.05 / 0.652, inr 25.63 / 0.676 (inr: 3000 training steps, about 70 s on a 2-core CPU;
+`scripts/benchmark.py iso`).
 """
 
 from __future__ import annotations
