@@ -8,7 +8,8 @@ about [-1, 1] per volume, see `intensity_range`):
 ``known``   the damaged slice with its damaged pixels set to 0,
 ``mask``    1 on damaged pixels,
 ``below``   the nearest good slice below, warped by optical flow to the damaged position,
-``above``   the nearest good slice above, warped likewise (`vemviz.flow.warp_pair`),
+``above``   the nearest good slice above, warped likewise (`vemviz.flow.warp_pair`, along the
+            curved paths of `vemviz.flow.curved_pair_flows`),
 ``t``       the fractional position of the slice between them (0.5 for a single gap).
 
 The three parts are kept apart as in ``diffusers``:
@@ -57,7 +58,7 @@ import numpy as np
 
 from vemviz import damage
 from vemviz.errors import VemvizError
-from vemviz.flow import pair_flows, warp_pair
+from vemviz.flow import curved_pair_flows, warp_pair
 from vemviz.progress import track
 
 if TYPE_CHECKING:
@@ -299,6 +300,7 @@ def make_triplets(
     """Triplets from a normalised stack: for every pair of good slices ``gap`` apart whose
     in-between slices are good too, each in-between slice with both ends warped to it."""
     usable = set(range(stack.shape[0]) if good is None else good)
+    usable_sorted = np.array(sorted(usable))
     targets, belows, aboves, ts = [], [], [], []
     pairs = [
         (z, z + gap)
@@ -307,7 +309,7 @@ def make_triplets(
         if all(k in usable for k in range(z, z + gap + 1))
     ]
     for a, b in track(pairs, "diffusion: warping neighbours"):
-        flows = pair_flows(stack[a], stack[b])
+        flows = curved_pair_flows(stack, a, b, usable_sorted)
         for z in range(a + 1, b):
             t = (z - a) / (b - a)
             below, above = warp_pair(stack[a], stack[b], t, flows)

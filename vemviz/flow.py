@@ -149,6 +149,27 @@ def bend_pair(
     )
 
 
+def curved_pair_flows(
+    stack: np.ndarray, below: int, above: int, good: np.ndarray | None = None
+) -> PairFlow:
+    """`pair_flows` of slices ``below`` and ``above`` of ``stack``, bent (`bend_pair`) by the
+    nearest slices beyond them among ``good`` (sorted indices; default: every slice)."""
+    good = np.arange(len(stack)) if good is None else np.asarray(good)
+    beyond_below, beyond_above = good[good < below], good[good > above]
+    before = int(beyond_below[-1]) if beyond_below.size else None
+    after = int(beyond_above[0]) if beyond_above.size else None
+    gap = above - below
+    return bend_pair(
+        pair_flows(stack[below], stack[above]),
+        None if before is None else pair_flows(stack[before], stack[below]),
+        None if after is None else pair_flows(stack[above], stack[after]),
+        (
+            1.0 if before is None else (below - before) / gap,
+            1.0 if after is None else (after - above) / gap,
+        ),
+    )
+
+
 def warp_pair(
     a: np.ndarray, b: np.ndarray, t: float, flows: PairFlow
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -29,10 +29,10 @@ mask of the stack:
   the line and raw levels and the 8-connectivity, one 1 px crack in five went unseen on FlyEM
   and crack pixel recall was 0.91. Where a slice's references are damaged themselves, each
   region is checked against the nearest slices undamaged around it and dropped unless it
-  reaches half the seed there (an echo of the neighbours' damage). The seed threshold is 10, raised to
-  2.5 x the median over slices of each slice's 99.9th score percentile for stacks whose
-  neighbours differ much (thick serial sections), so undamaged real slices are not flagged
-  -> ``"region"``.
+  reaches half the seed there (an echo of the neighbours' damage). The seed threshold is 10,
+  raised to 2.5 x the median over slices of each slice's 99.9th score percentile for stacks
+  whose neighbours differ much (thick serial sections), so undamaged real slices are not
+  flagged -> ``"region"``.
 - ``misfit``: how much worse the slice correlates with its neighbours than is usual locally. The
   normalised cross-correlation (NCC) of each slice with its better-matching neighbour (neighbours
   already found blank or banded are ignored) is compared with the running median of that value
@@ -81,9 +81,8 @@ from scipy import ndimage
 from vemviz.errors import VemvizError
 from vemviz.flow import (
     PairFlow,
-    bend_pair,
+    curved_pair_flows,
     interpolate_frame,
-    pair_flows,
     to_dtype,
     to_uint8_pair,
     warp,
@@ -487,23 +486,6 @@ def _bounds(z: int, good: np.ndarray) -> tuple[int | None, int | None]:
     return (int(below[-1]) if below.size else None, int(above[0]) if above.size else None)
 
 
-def _curved_flows(
-    stack: np.ndarray, good: np.ndarray, below: int, above: int, flows: PairFlow
-) -> PairFlow:
-    """``flows`` of (below, above) bent by the nearest good slices beyond them (`bend_pair`)."""
-    gap = above - below
-    before, after = good[good < below], good[good > above]
-    return bend_pair(
-        flows,
-        pair_flows(stack[before[-1]], stack[below]) if before.size else None,
-        pair_flows(stack[above], stack[after[0]]) if after.size else None,
-        (
-            (below - before[-1]) / gap if before.size else 1.0,
-            (after[0] - above) / gap if after.size else 1.0,
-        ),
-    )
-
-
 @dataclass
 class DiffusionOptions:
     """How `fill_damage` runs the diffusion model (see `vemviz.diffusion`)."""
@@ -656,8 +638,7 @@ def fill_damage(
         filler = _DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
     if "inr" in chosen.values():
         inr_filler = _InrFiller(stack, good, voxel_size_nm, training)
-    flows: dict[tuple[int, int], PairFlow] = {}  # the last pair's, straight and curved
-    curved: dict[tuple[int, int], PairFlow] = {}
+    flows: dict[tuple[int, int], PairFlow] = {}  # the last pair's
     for z in track(sorted(chosen), "restore: filling slices"):
         below, above = _bounds(z, good)
         if below is None or above is None:
@@ -671,15 +652,12 @@ def fill_damage(
         elif chosen[z] == "inr":
             values = inr_filler.fill(z, below, above)
         else:
-            key = (below, above)
-            if key not in flows:
-                flows = {key: pair_flows(a, b)}
+            if (below, above) not in flows:
+                flows = {(below, above): curved_pair_flows(stack, below, above, good)}
             if chosen[z] == "flow":
-                if key not in curved:
-                    curved = {key: _curved_flows(stack, good, below, above, flows[key])}
-                values = interpolate_frame(a, b, t, curved[key])
-            else:  # the diffusion model was trained on straight-path warps
-                warped_below, warped_above = warp_pair(a, b, t, flows[key])
+                values = interpolate_frame(a, b, t, flows[(below, above)])
+            else:
+                warped_below, warped_above = warp_pair(a, b, t, flows[(below, above)])
                 values = filler.fill(stack[z], mask[z], warped_below, warped_above, t)
         out[z] = np.where(mask[z], to_dtype(values, stack.dtype), stack[z])
     report: dict[str, Any] = {"methods": {int(z): m for z, m in chosen.items()}}
