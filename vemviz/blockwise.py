@@ -7,8 +7,8 @@ halo is what makes block results equal to whole-volume results:
 - inpaint (`restore.fill_slices`): blocks span z slabs of whole slices (optical flow sees whole
   images); the input slab is widened to the two nearest good slices below and above every
   damaged slice of the block, which is all a filled slice depends on (the outer ones bend the
-  flow's paths). Only given whole slices are
-  filled by blocks; damage detection and masks run in memory (`vemviz.restore`).
+  flow's paths). Only given whole slices are filled by blocks; damage detection and masks run
+  in memory (`vemviz.restore`).
 - iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
   next one (linear; flow also on one more on each side, which bend its paths), so a block of
   output slices reads only its input slab (and one slice of halo for flow); the natural

@@ -30,8 +30,9 @@ by following that motion than by cross-fading the two images:
    scored) this gained 0.04 dB at F = 2, 0.05 dB at F = 4 and 0.14 dB at F = 8 over straight
    paths. Without a slice beyond (the ends of a stack) the path stays straight.
 
-All functions take and return 2D arrays; `to_dtype` converts float results back to the input
-dtype (rounded and clipped for integer types).
+All functions take and return 2D arrays (`curved_pair_flows` takes a stack and two slice
+indices); `to_dtype` converts float results back to the input dtype (rounded and clipped for
+integer types).
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ slices inserted into both, and simulated cracks, blotches and folds in FlyEM (se
 nearest undamaged slice on each side (runs of damaged slices are interpolated across at their
 fractional positions; a damaged first or last slice is copied from the nearest good one):
 ``linear`` cross-fades the two good slices; ``flow`` follows the motion between them with
-optical flow and blends both warped slices with occlusion-aware weights (`vemviz.flow`);
+optical flow, along paths bent by the flows to the next good slices beyond, and blends both
+warped slices with occlusion-aware weights (`vemviz.flow`);
 ``diffusion`` samples the masked pixels from the conditional diffusion model of
 `vemviz.diffusion`, conditioned on the rest of the slice and both flow-warped neighbours,
 optionally fine-tuned on the stack's own undamaged slices first; ``inr`` uses the local
@@ -61,8 +62,8 @@ implicit network of `vemviz.inr` (`vemviz.inr.train_gap`), trained on the XY pla
 undamaged slices to restore runs of missing rows (one network per run length, rows spaced by
 the z/xy voxel ratio), and decodes the missing slices from up to 8 good slices on each side,
 so it sees how structure continues through several sections, not only the two nearest
-(``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.27 dB against flow 31.61 and
-linear 31.57; two consecutive 31.07 against 30.52 and 29.83); ``auto`` uses flow for slices
+(``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.27 dB against flow 31.70 and
+linear 31.57; two consecutive 31.07 against 30.65 and 29.83); ``auto`` uses flow for slices
 damaged as a whole and diffusion for partial damage. `fill_slices` does the same for a list
 of whole slices.
 """
@@ -262,8 +263,8 @@ class _Residuals:
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
 
     def pair(self, z: int, refs: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Slice ``z`` minus each of the two references warped onto it, float32 (2, H, W) each:
-        smoothed by a Gaussian, and averaged along the best-oriented short line (`_line_mean`)."""
+        """Slice ``z`` minus each of the two references warped onto it, float32 (3, H, W) each:
+        smoothed by a Gaussian, averaged along the best-oriented short line (`_line_mean`), raw."""
         a, b = refs
         a8, b8 = to_uint8_pair(self.stack[a], self.stack[b])
         t = (z - a) / (b - a)
