@@ -1,7 +1,7 @@
 """Train the diffusion inpainting model shipped in vemviz/weights/inpaint_diffusion.
 
-    OMP_NUM_THREADS=1 nice python scripts/train_inpaint.py --config scripts/train_inpaint.json \
-        --out out/train_inpaint --install
+    OMP_NUM_THREADS=2 python scripts/train_inpaint.py --config scripts/train_inpaint.json \
+        --threads 2 --out out/train_inpaint --install
 
 Reads the real volumes of ``../shared/data`` named in the config (FlyEM only below
 ``z_stop`` = 125: the benchmark scores slices 125 and up, which training never sees), builds

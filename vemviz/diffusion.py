@@ -25,7 +25,7 @@ The three parts are kept apart as in ``diffusers``:
   with ``prediction_type="sample"`` for training, and DDIM with trailing timestep spacing for
   few-step sampling. The default is 1 step: the model's clean estimate from pure noise, i.e.
   its estimate of the conditional mean, which scored best on held-out FlyEM (PSNR rewards the
-  mean; 10-step samples scored about 1 dB lower, as posterior samples do).
+  mean; 10-step samples scored 1.4-1.8 dB lower, as posterior samples do).
 - **pipeline** (`sample`): DDIM from pure noise; after every step the known pixels are replaced
   by the known slice noised to the next timestep (RePaint), so the damaged pixels are generated
   consistently with the undamaged rest of the slice; the returned image is the model's clean
