@@ -97,6 +97,20 @@ def test_inr_fill_restores_gaps_on_a_phantom() -> None:
     assert psnr(out[bad], cube[bad]) > psnr(linear[bad], cube[bad]) + 0.5
 
 
+def test_ensemble_fill_is_the_mean_of_inr_and_diffusion() -> None:
+    torch.set_num_threads(1)
+    cube = make_phantom((24, 48, 48), (8.0, 8.0, 8.0), seed=4).clean.numpy().astype(np.float32)
+    bad = [8, 9]
+    training = Training(steps=40, time_budget=None, batch=4, patch=24, device="cpu",
+                        architecture=Architecture(channels=8, blocks=1, hidden=16))  # fmt: skip
+    options = {"voxel_size_nm": (8.0, 8.0, 8.0), "training": training}
+    fills = {m: fill_slices(cube, bad, m, **options) for m in ("inr", "diffusion", "ensemble")}
+    np.testing.assert_allclose(
+        fills["ensemble"], 0.5 * (fills["inr"] + fills["diffusion"]), rtol=0, atol=1e-4
+    )
+    assert np.abs(fills["inr"][bad] - fills["diffusion"][bad]).mean() > 0.1
+
+
 def test_cli_inr_fills_missing_slices(tmp_path: Path) -> None:
     from vemviz import read_volume, write_volume
     from vemviz.cli import main

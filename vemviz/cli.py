@@ -23,6 +23,7 @@ from vemviz.errors import Cancelled, VemvizError
 from vemviz.io import format_of, read_volume, write_volume
 from vemviz.io.atomic import write_json
 from vemviz.progress import status
+from vemviz.restore import FILL_METHODS
 from vemviz.volume import parse_voxel_size
 
 
@@ -441,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--slices", metavar="LIST", help="slices to restore, e.g. 3,17,40-42")
     p.add_argument("--detect", action="store_true", help="find damaged slices automatically")
-    p.add_argument("--method", choices=("auto", "flow", "diffusion", "linear", "inr"),
-                   default="auto")  # fmt: skip
+    p.add_argument("--method", choices=FILL_METHODS, default="auto",
+                   help="ensemble: mean of the inr and diffusion fills")  # fmt: skip
     p.add_argument("--mask", type=Path, metavar="MASK", help="damage mask volume (non-zero = bad)")
     p.add_argument("--mask-out", type=Path, metavar="PATH", help="write the damage mask used")
     p.add_argument("--steps", type=int, default=1, help="diffusion sampler steps (1: x0 estimate)")
@@ -452,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune the diffusion model on this volume first")  # fmt: skip
     p.add_argument("--weights", metavar="DIR", help="diffusion model folder (default: shipped)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="inr: training time limit per gap length (default 240)")  # fmt: skip
+                   help="inr/ensemble: training seconds per gap length (default 240)")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     _add_common(p)
     _add_scale(p)

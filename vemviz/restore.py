@@ -63,7 +63,9 @@ undamaged slices to restore runs of missing rows (one network per run length, ro
 the z/xy voxel ratio), and decodes the missing slices from up to 8 good slices on each side,
 so it sees how structure continues through several sections, not only the two nearest
 (``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.27 dB against flow 31.70 and
-linear 31.57; two consecutive 31.07 against 30.65 and 29.83); ``auto`` uses flow for slices
+linear 31.57; two consecutive 31.07 against 30.65 and 29.83); ``ensemble`` averages the inr and
+diffusion fills: the two learn from different evidence (the XY planes of this volume; the flow
+warps, trained on other volumes), so their errors partly cancel; ``auto`` uses flow for slices
 damaged as a whole and diffusion for partial damage. `fill_slices` does the same for a list
 of whole slices.
 """
@@ -91,7 +93,7 @@ from vemviz.flow import (
 )
 from vemviz.progress import track
 
-FILL_METHODS = ("auto", "flow", "linear", "diffusion", "inr")
+FILL_METHODS = ("auto", "flow", "linear", "diffusion", "inr", "ensemble")
 THRESHOLDS = {"contrast": 0.1, "band": 0.0005, "misfit": 8.0, "region": 10.0}
 # A slice whose damaged fraction reaches this is restored (and reported) as a whole.
 WHOLE_FRACTION = 0.5
@@ -581,8 +583,8 @@ class _InrFiller:
 
         if voxel_size_nm is None:
             raise VemvizError(
-                "--method inr needs the voxel size (the network learns z from the XY planes "
-                "at the z/xy ratio): pass --voxel-size Z,Y,X in nm"
+                "--method inr/ensemble needs the voxel size (the network learns z from the XY "
+                "planes at the z/xy ratio): pass --voxel-size Z,Y,X in nm"
             )
         z, y, x = validate_voxel_size(voxel_size_nm)
         self.inr, self.stack, self.good = inr, stack, good
@@ -622,8 +624,8 @@ def fill_damage(
     """Return a copy of ``stack`` with the voxels where ``mask`` is true restored, and a report.
 
     Each damaged slice is rebuilt from the nearest undamaged slices below and above (see the
-    module docstring); ``method`` is ``"auto"``, ``"flow"``, ``"linear"``, ``"diffusion"`` or
-    ``"inr"`` (which needs ``voxel_size_nm``; ``training`` is its `vemviz.inr.Training`).
+    module docstring); ``method`` is one of `FILL_METHODS` (``"inr"`` and ``"ensemble"`` need
+    ``voxel_size_nm``; ``training`` is the inr's `vemviz.inr.Training`).
     Output dtype = input dtype (rounded and clipped for integer types). The report gives the
     method used per slice and, after fine-tuning, the fine-tuning losses.
     """
@@ -634,10 +636,11 @@ def fill_damage(
     if chosen and not good.size:
         raise VemvizError("every slice is marked damaged; there is no good slice to restore from")
     out = stack.copy()
+    used = set(chosen.values())
     filler = None
-    if "diffusion" in chosen.values():
+    if used & {"diffusion", "ensemble"}:
         filler = _DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
-    if "inr" in chosen.values():
+    if used & {"inr", "ensemble"}:
         inr_filler = _InrFiller(stack, good, voxel_size_nm, training)
     flows: dict[tuple[int, int], PairFlow] = {}  # the last pair's
     for z in track(sorted(chosen), "restore: filling slices"):
@@ -660,6 +663,8 @@ def fill_damage(
             else:
                 warped_below, warped_above = warp_pair(a, b, t, flows[(below, above)])
                 values = filler.fill(stack[z], mask[z], warped_below, warped_above, t)
+                if chosen[z] == "ensemble":
+                    values = 0.5 * (values + inr_filler.fill(z, below, above))
         out[z] = np.where(mask[z], to_dtype(values, stack.dtype), stack[z])
     report: dict[str, Any] = {"methods": {int(z): m for z, m in chosen.items()}}
     if filler is not None and filler.fine_tune_losses:

@@ -107,7 +107,7 @@ def inpaint(
     time_budget: float | None = None,
 ) -> tuple[Volume, Report]:
     """Restore the given slices, the voxels of a given mask and/or the detected damage
-    (``time_budget``: training seconds per gap length for ``method="inr"``)."""
+    (``time_budget``: training seconds per gap length for ``method`` inr or ensemble)."""
     damaged, report = damage_mask(volume, slices=slices, detect=detect, mask=mask)
     report["method"] = method
     options = restore_mod.DiffusionOptions(
@@ -115,7 +115,7 @@ def inpaint(
     )
     filled, fill_report = restore_mod.fill_damage(
         volume.numpy(), damaged, method, options, voxel_size_nm=volume.voxel_size_nm,
-        training=_training(time_budget, device, seed) if method == "inr" else None,
+        training=_training(time_budget, device, seed) if method in ("inr", "ensemble") else None,
     )  # fmt: skip
     report.update(fill_report)
     report["filled"] = sorted(fill_report["methods"])

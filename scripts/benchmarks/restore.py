@@ -5,7 +5,8 @@ training (z >= 128, every 16th slice), four cases -- (a) one missing slice, (b) 
 missing slices, (c) a band covering 10 % of a slice, (d) blotches -- restored with the true mask
 by linear interpolation of the neighbours, OpenCV Telea inpainting (partial damage only: a
 missing slice has no pixels to inpaint from), axial optical flow, the self-supervised ``inr``
-(whole slices; trained on the damaged stack's undamaged slices) and the diffusion model.
+(whole slices; trained on the damaged stack's undamaged slices), the diffusion model and
+``ensemble`` (the mean of the inr and 1-step diffusion fills; every case).
 PSNR pools the squared error over all damaged pixels of a case; SSIM is the mean of the SSIM
 map (7 px window) over the damaged pixels. Seconds are per damaged slice.
 
@@ -86,17 +87,16 @@ def _restoration_rows(
         n_slices = int(mask.reshape(mask.shape[0], -1).any(axis=1).sum())
         whole = bool(mask[mask.reshape(mask.shape[0], -1).any(axis=1)].all())
         methods = ["linear", "flow", "inr"] if whole else ["linear", "telea", "flow"]
-        methods += [f"diffusion {steps} steps" for steps in args.steps]
+        methods += [f"diffusion {steps} steps" for steps in args.steps] + ["ensemble"]
         for method in methods:
             start = time.perf_counter()
             if method == "telea":
                 out = _telea(damaged, mask)
-            elif method.startswith("diffusion"):
-                steps = int(method.split()[1])
-                options = DiffusionOptions(args.weights, steps, args.samples, args.seed)
-                out = fill_damage(damaged, mask, "diffusion", options)[0]
-            else:
-                out = fill_damage(damaged, mask, method, voxel_size_nm=voxel)[0]
+            else:  # diffusion rows name their sampler steps; ensemble uses 1 step
+                name, *steps = method.split()
+                options = DiffusionOptions(args.weights, int(steps[0]) if steps else 1,
+                                           args.samples, args.seed)  # fmt: skip
+                out = fill_damage(damaged, mask, name, options, voxel_size_nm=voxel)[0]
             seconds = time.perf_counter() - start
             rows.append(
                 {
