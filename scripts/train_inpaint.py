@@ -1,7 +1,17 @@
 """Train the diffusion inpainting model shipped in vemviz/weights/inpaint_diffusion.
 
+The shipped weights come from two runs, the second starting from the first's result::
+
     OMP_NUM_THREADS=2 python scripts/train_inpaint.py --config scripts/train_inpaint.json \
-        --threads 2 --out out/train_inpaint --install
+        --threads 2 --out out/train_inpaint
+    OMP_NUM_THREADS=2 python scripts/train_inpaint.py --config scripts/train_inpaint_1step.json \
+        --threads 2 --out out/train_inpaint_1step --install
+
+The first trains from scratch at uniformly random noise levels. The second (``init``: the first
+run's final model) draws half of its noise levels from the top of the schedule
+(``high_noise_fraction``, `vemviz.diffusion.HIGH_NOISE_BAND`): the default 1-step sampler only
+ever runs the model there, as a regressor of the damaged pixels from pure noise and the
+conditioning, and uniform noise levels spend about 1 step in 20 on that.
 
 Reads the real volumes of ``../shared/data`` named in the config (FlyEM only below
 ``z_stop`` = 125: the benchmark scores slices 125 and up, which training never sees), builds
@@ -64,7 +74,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     sources, weights = load_sources(config, args.data)
-    model = diffusion.build_model().to(device)
+    init = config.get("init")
+    model = (diffusion.load_model(ROOT / init) if init else diffusion.build_model()).to(device)
     ema = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
     start = time.monotonic()
@@ -80,7 +91,7 @@ def main() -> None:
         losses += diffusion.train_steps(
             model, optimizer, sources, weights, 1,
             batch=config["batch"], size=config["size"], seed=config["seed"] * 100003 + step,
-            description="train",
+            high_noise=config.get("high_noise_fraction", 0.0), description="train",
         )  # fmt: skip
         step += 1
         decay = min(config["ema_decay"], (1 + step) / (10 + step))

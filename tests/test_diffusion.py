@@ -66,6 +66,18 @@ def test_bad_conditioning_is_refused() -> None:
         diffusion.sample(_tiny_model(), _cond(), steps=0)
 
 
+def test_noise_levels_favour_the_top_of_the_schedule_on_request() -> None:
+    generator = torch.Generator().manual_seed(0)
+    uniform = diffusion.noise_levels(20000, 1000, generator)
+    high = diffusion.noise_levels(20000, 1000, generator, high_noise=0.5)
+    top = 1000 * (1 - diffusion.HIGH_NOISE_BAND)
+    assert int(uniform.min()) >= 0 and int(high.max()) <= 999
+    assert abs(float((uniform >= top).float().mean()) - diffusion.HIGH_NOISE_BAND) < 0.01
+    # half from the band, and the uniform half lands there 5 % of the time as well
+    expected = 0.5 + 0.5 * diffusion.HIGH_NOISE_BAND
+    assert abs(float((high >= top).float().mean()) - expected) < 0.015
+
+
 def test_fine_tuning_lowers_the_loss() -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)

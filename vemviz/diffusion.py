@@ -37,7 +37,8 @@ Training (`training_batch`, `training_loss`, `train_steps`) draws random patches
 slice triplets (`make_triplets`: a target slice and its two flow-warped neighbours one or more
 slices away), covers them with random damage from `vemviz.damage` (whole patch, bands, cracks,
 blotches, folds) and minimises the squared error of the clean prediction on the damaged pixels
-at a uniformly random noise level. ``scripts/train_inpaint.py`` trains the shipped weights;
+at a random noise level (`noise_levels`: uniform, or with a share drawn from the top of the
+schedule, where the 1-step sampler works). ``scripts/train_inpaint.py`` trains the shipped weights;
 `fine_tune` runs the same loop on a user's own volume, starting from them.
 
 torch and diffusers are optional dependencies (``pip install vemviz[learn]``); a missing one is
@@ -86,6 +87,8 @@ SCHEDULE: dict[str, Any] = {
 _MULTIPLE = 8
 # Damage kinds drawn for training patches and how often.
 TRAINING_DAMAGE = {"missing": 0.35, "band": 0.2, "blotch": 0.2, "crack": 0.1, "fold": 0.15}
+# The top of the noise schedule that `training_loss` can over-sample (the 1-step sampler's).
+HIGH_NOISE_BAND = 0.05
 
 
 def _torch():
@@ -368,18 +371,35 @@ def training_batch(
     return clean, cond
 
 
+def noise_levels(
+    count: int, steps: int, generator: torch.Generator, high_noise: float = 0.0
+) -> torch.Tensor:
+    """``count`` random timesteps of a ``steps``-step schedule: uniform, except that a
+    ``high_noise`` fraction (on average) is drawn from its top `HIGH_NOISE_BAND`."""
+    torch = _torch()
+    timesteps = torch.randint(0, steps, (count,), generator=generator)
+    if high_noise > 0:
+        top = torch.randint(
+            round(steps * (1 - HIGH_NOISE_BAND)), steps, (count,), generator=generator
+        )
+        timesteps = torch.where(torch.rand(count, generator=generator) < high_noise, top, timesteps)
+    return timesteps
+
+
 def training_loss(
     model: UNet2DModel,
     scheduler: Any,
     clean: torch.Tensor,
     cond: torch.Tensor,
     generator: torch.Generator,
+    high_noise: float = 0.0,
 ) -> torch.Tensor:
-    """Mean squared error of the clean prediction on the damaged pixels, random noise level."""
+    """Mean squared error of the clean prediction on the damaged pixels at random noise levels
+    (`noise_levels`; ``high_noise`` favours the 1-step sampler's)."""
     torch = _torch()
     device = clean.device
     steps = scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (clean.shape[0],), generator=generator).to(device)
+    timesteps = noise_levels(clean.shape[0], steps, generator, high_noise).to(device)
     noise = torch.randn(clean.shape, generator=generator).to(device)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction = predict_clean(model, noisy, timesteps, cond)
@@ -397,9 +417,11 @@ def train_steps(
     batch: int = 16,
     size: int = 64,
     seed: int = 0,
+    high_noise: float = 0.0,
     description: str = "diffusion: training",
 ) -> list[float]:
-    """Run ``steps`` optimisation steps on random damaged patches; returns the losses."""
+    """Run ``steps`` optimisation steps on random damaged patches (noise levels as in
+    `training_loss`); returns the losses."""
     torch = _torch()
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
@@ -415,6 +437,7 @@ def train_steps(
             torch.from_numpy(clean).to(device),
             torch.from_numpy(cond).to(device),
             generator,
+            high_noise,
         )
         optimizer.zero_grad()
         loss.backward()
