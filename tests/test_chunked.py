@@ -152,7 +152,10 @@ def test_pyramid_and_voxel_size(phantom, source, tmp_path) -> None:
 def test_plan_grid_follows_the_budget() -> None:
     grid = plan_grid(IsoBlocks(2.0, "flow"), (100, 1000, 1000), 2**30, 2)
     assert grid.block[1:] == (1000, 1000) and grid.block[0] % 2 == 0
-    assert np.prod(grid.block) * 24 * 2 <= 2**30
+    assert (np.prod(grid.block) * 12 + 1000 * 1000 * 160) * 2 <= 2**30
+    # flow fields of a 4096^2 plane pair (~2.7 GB) do not fit 1 GiB for two workers at any depth
+    with pytest.raises(VemvizError, match="smallest block"):
+        plan_grid(IsoBlocks(2.0, "flow"), (100, 4096, 4096), 2**30, 2)
     small = plan_grid(SegmentBlocks("mito", (40, 8, 8)), (256, 2048, 2048), 2**30, 2)
     assert np.prod(small.block) * 160 * 2 <= 2**30
     roomy = plan_grid(IsoBlocks(2.0, "linear"), (64, 1024, 1024), 2**36, 2)

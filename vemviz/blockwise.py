@@ -114,7 +114,8 @@ class InpaintBlocks(BlockStage):
     method: str = "flow"
     name = "inpaint"
     full_planes = True
-    bytes_per_voxel = 4.0  # the slab and its copy; the few float planes of a filled slice
+    bytes_per_voxel = 4.0  # the slab and its copy
+    bytes_per_plane_pixel = 120.0  # flows, bends and float planes of a filled slice (measured)
 
     def prepare(self, volume: Volume, runner: Runner) -> InpaintBlocks:
         if not self.slices:
@@ -193,8 +194,13 @@ class IsoBlocks(BlockStage):
 
     @property
     def bytes_per_voxel(self) -> float:  # type: ignore[override]
-        """Linear: float32 blend + output; cubic: spline coefficients; flow: flow fields."""
-        return 8.0 if self.method == "linear" else 24.0
+        """Linear: float32 blend + output; cubic: spline coefficients; flow: float output."""
+        return {"linear": 8.0, "cubic": 24.0}.get(self.method, 12.0)
+
+    @property
+    def bytes_per_plane_pixel(self) -> float:  # type: ignore[override]
+        """Flow: up to three pairs of flows with their confidences and bends (measured)."""
+        return 160.0 if self.method == "flow" else 0.0
 
     @property
     def _pq(self) -> tuple[int, int]:

@@ -10,7 +10,8 @@ that input box by calling the stage's ordinary array function, then cropping the
 Stages that change the shape map output blocks to input boxes (iso: z times the factor, sr:
 y and x times the scale). Memory is bounded by the block size times the number of blocks in
 flight, never by the volume: `plan_grid` picks the block shape from ``--memory-budget``, the
-number of workers and the stage's working bytes per voxel, then splits further until each
+number of workers and the stage's working bytes (per voxel, plus per plane pixel for stages
+that hold flow fields of whole planes), then splits further until each
 worker has several blocks, so that one slow block does not leave the other workers idle.
 
 Execution. Blocks run on a local thread pool, or, with ``--scheduler ADDRESS`` (or
@@ -90,6 +91,8 @@ class BlockStage:
     is_label = False
     full_planes = False  # blocks must span whole (y, x) planes (optical flow, warps)
     bytes_per_voxel = 16.0  # working memory per output voxel of a block, with the halo
+    # and per pixel of a block's (y, x) plane whatever its depth (flow fields of a plane pair)
+    bytes_per_plane_pixel = 0.0
 
     def out_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return shape
@@ -213,9 +216,14 @@ def plan_grid(
         if stage.full_planes:
             chosen[1:] = shape[1:]
         return Grid(shape, tuple(chosen))  # type: ignore[arg-type]
-    voxels = budget / (max(workers, 1) * stage.bytes_per_voxel)
     chosen = list(shape)
     axes = (0,) if stage.full_planes else (0, 1, 2)
+
+    def need() -> float:
+        """Working bytes of all workers' blocks at the current choice."""
+        plane = chosen[1] * chosen[2]
+        per_block = plane * (chosen[0] * stage.bytes_per_voxel + stage.bytes_per_plane_pixel)
+        return per_block * max(workers, 1)
 
     def halve() -> bool:
         axis = max(axes, key=lambda a: chosen[a] / unit[a])
@@ -225,7 +233,7 @@ def plan_grid(
         chosen[axis] = halved
         return True
 
-    while np.prod(chosen) > voxels and halve():
+    while need() > budget and halve():
         pass
     while (
         len(Grid(shape, tuple(chosen))) < BLOCKS_PER_WORKER * max(workers, 1)  # type: ignore[arg-type]
@@ -233,10 +241,9 @@ def plan_grid(
         and halve()
     ):
         pass
-    if np.prod(chosen) > voxels * 4:
-        need = np.prod(chosen) * stage.bytes_per_voxel * max(workers, 1) / 2**20
+    if need() > budget * 4:
         raise VemvizError(
-            f"{stage.name}: the smallest block still needs about {need:.0f} MiB; "
+            f"{stage.name}: the smallest block still needs about {need() / 2**20:.0f} MiB; "
             "raise --memory-budget or use fewer workers"
         )
     return Grid(shape, tuple(chosen))  # type: ignore[arg-type]
