@@ -3,6 +3,7 @@ the shipped weights and diffusion filling through vemviz.restore."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,16 @@ def test_fill_damage_with_diffusion_keeps_undamaged_voxels(tmp_path: Path) -> No
         np.abs(out[mask].astype(int) - stack[mask]).mean()
         < np.abs(damaged[mask].astype(int) - stack[mask]).mean()
     )
+
+
+def test_a_reloaded_model_saves_without_its_source_folder(tmp_path: Path) -> None:
+    diffusion.save_model(_tiny_model(), tmp_path / "first")
+    loaded = diffusion.load_model(tmp_path / "first")
+    diffusion.save_model(loaded, tmp_path / "second")
+    assert "_name_or_path" not in json.loads((tmp_path / "second" / "config.json").read_text())
+    again = diffusion.load_model(tmp_path / "second")
+    for before, after in zip(loaded.parameters(), again.parameters(), strict=True):
+        torch.testing.assert_close(before, after)
 
 
 def test_shipped_weights_load_offline() -> None:

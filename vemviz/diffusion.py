@@ -181,6 +181,10 @@ def save_model(model: UNet2DModel, path: Path, info: dict[str, Any] | None = Non
         for parameter in half.parameters():
             parameter.data = parameter.data.to(torch.float16)
         half.save_pretrained(str(tmp))
+        config = tmp / "config.json"
+        settings = json.loads(config.read_text())
+        settings.pop("_name_or_path", None)  # the folder it was loaded from, on this machine
+        config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         if info is not None:
             (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
         tmp.chmod(0o755)

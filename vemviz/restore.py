@@ -65,9 +65,10 @@ so it sees how structure continues through several sections, not only the two ne
 (``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.27 dB against flow 31.70 and
 linear 31.57; two consecutive 31.07 against 30.65 and 29.83); ``ensemble`` averages the inr and
 diffusion fills: the two learn from different evidence (the XY planes of this volume; the flow
-warps, trained on other volumes), so their errors partly cancel; ``auto`` uses flow for slices
-damaged as a whole and diffusion for partial damage. `fill_slices` does the same for a list
-of whole slices.
+warps, trained on other volumes), so their errors partly cancel (same benchmark: 32.35 and
+31.34 dB; bands 32.18 against diffusion 31.83, blotches 32.60 against 32.17); ``auto`` uses
+flow for slices damaged as a whole and diffusion for partial damage. `fill_slices` does the
+same for a list of whole slices.
 """
 
 from __future__ import annotations
