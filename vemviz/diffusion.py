@@ -59,7 +59,7 @@ import numpy as np
 
 from vemviz import damage
 from vemviz.errors import VemvizError
-from vemviz.flow import curved_pair_flows, warp_pair
+from vemviz.flow import cached_pair_flows, curved_pair_flows, warp_pair
 from vemviz.progress import track
 
 if TYPE_CHECKING:
@@ -308,6 +308,9 @@ def make_triplets(
     in-between slices are good too, each in-between slice with both ends warped to it."""
     usable = set(range(stack.shape[0]) if good is None else good)
     usable_sorted = np.array(sorted(usable))
+    # the flows of slices (z-1, z) bend both the pair that ends at z-1 and the pair that starts
+    # at z, up to 4 pairs (at most 8 new flows) apart: the 16 most recent cover that
+    pair = cached_pair_flows(stack, 16)
     targets, belows, aboves, ts = [], [], [], []
     pairs = [
         (z, z + gap)
@@ -316,7 +319,7 @@ def make_triplets(
         if all(k in usable for k in range(z, z + gap + 1))
     ]
     for a, b in track(pairs, "diffusion: warping neighbours"):
-        flows = curved_pair_flows(stack, a, b, usable_sorted)
+        flows = curved_pair_flows(stack, a, b, usable_sorted, pair)
         for z in range(a + 1, b):
             t = (z - a) / (b - a)
             below, above = warp_pair(stack[a], stack[b], t, flows)

@@ -30,13 +30,15 @@ by following that motion than by cross-fading the two images:
    scored) this gained 0.04 dB at F = 2, 0.05 dB at F = 4 and 0.14 dB at F = 8 over straight
    paths. Without a slice beyond (the ends of a stack) the path stays straight.
 
-All functions take and return 2D arrays (`curved_pair_flows` takes a stack and two slice
-indices); `to_dtype` converts float results back to the input dtype (rounded and clipped for
-integer types).
+All functions take and return 2D arrays (`curved_pair_flows` and `cached_pair_flows` take a
+stack and slice indices); `to_dtype` converts float results back to the input dtype (rounded and
+clipped for integer types).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import cv2
@@ -150,20 +152,35 @@ def bend_pair(
     )
 
 
+PairFlows = Callable[[int, int], PairFlow]
+
+
+def cached_pair_flows(stack: np.ndarray, size: int) -> PairFlows:
+    """``pair(i, j)``: `pair_flows` of slices ``i`` and ``j`` of ``stack``, remembering the
+    ``size`` most recently used pairs, so neighbouring pairs share the flows that bend them."""
+    return functools.lru_cache(maxsize=size)(lambda i, j: pair_flows(stack[i], stack[j]))
+
+
 def curved_pair_flows(
-    stack: np.ndarray, below: int, above: int, good: np.ndarray | None = None
+    stack: np.ndarray,
+    below: int,
+    above: int,
+    good: np.ndarray | None = None,
+    pair: PairFlows | None = None,
 ) -> PairFlow:
     """`pair_flows` of slices ``below`` and ``above`` of ``stack``, bent (`bend_pair`) by the
-    nearest slices beyond them among ``good`` (sorted indices; default: every slice)."""
+    nearest slices beyond them among ``good`` (sorted indices; default: every slice). ``pair``
+    computes the flows of two slices (default: afresh; see `cached_pair_flows`)."""
+    pair = pair or (lambda i, j: pair_flows(stack[i], stack[j]))
     good = np.arange(len(stack)) if good is None else np.asarray(good)
     beyond_below, beyond_above = good[good < below], good[good > above]
     before = int(beyond_below[-1]) if beyond_below.size else None
     after = int(beyond_above[0]) if beyond_above.size else None
     gap = above - below
     return bend_pair(
-        pair_flows(stack[below], stack[above]),
-        None if before is None else pair_flows(stack[before], stack[below]),
-        None if after is None else pair_flows(stack[above], stack[after]),
+        pair(below, above),
+        None if before is None else pair(before, below),
+        None if after is None else pair(above, after),
         (
             1.0 if before is None else (below - before) / gap,
             1.0 if after is None else (after - above) / gap,

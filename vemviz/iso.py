@@ -40,7 +40,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from vemviz.errors import VemvizError
-from vemviz.flow import PairFlow, bend_pair, interpolate_frame, pair_flows, to_dtype
+from vemviz.flow import cached_pair_flows, curved_pair_flows, interpolate_frame, to_dtype
 from vemviz.progress import track
 from vemviz.volume import VoxelSize, validate_voxel_size
 
@@ -100,19 +100,9 @@ def _flow(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Flow interpolation along curved paths: each pair's flows bent by its neighbour pairs'."""
     lower, frac = _bracket(positions)
     out = np.empty((len(positions), *stack.shape[1:]), dtype=np.float32)
-    pairs: dict[int, PairFlow] = {}
-
-    def pair(i: int) -> PairFlow:
-        if i not in pairs:
-            pairs[i] = pair_flows(stack[i], stack[i + 1])
-        return pairs[i]
-
-    for i in track(np.unique(lower), "iso: optical flow"):
-        for done in [k for k in pairs if k < i - 1]:
-            del pairs[done]
-        before = pair(i - 1) if i > 0 else None
-        after = pair(i + 1) if i + 2 < len(stack) else None
-        flows = bend_pair(pair(i), before, after)
+    pair = cached_pair_flows(stack, 3)  # the pairs before, at and after the current one
+    for i in track(np.unique(lower).tolist(), "iso: optical flow"):
+        flows = curved_pair_flows(stack, i, i + 1, pair=pair)
         for k in np.flatnonzero(lower == i):
             out[k] = interpolate_frame(stack[i], stack[i + 1], float(frac[k]), flows)
     return out
