@@ -95,6 +95,8 @@ from vemviz.flow import (
 from vemviz.progress import track
 
 FILL_METHODS = ("auto", "flow", "linear", "diffusion", "inr", "ensemble")
+INR_METHODS = ("inr", "ensemble")  # the fill methods that train the inr (need the voxel size)
+DIFFUSION_METHODS = ("diffusion", "ensemble")
 THRESHOLDS = {"contrast": 0.1, "band": 0.0005, "misfit": 8.0, "region": 10.0}
 # A slice whose damaged fraction reaches this is restored (and reported) as a whole.
 WHOLE_FRACTION = 0.5
@@ -639,9 +641,9 @@ def fill_damage(
     out = stack.copy()
     used = set(chosen.values())
     filler = None
-    if used & {"diffusion", "ensemble"}:
+    if used.intersection(DIFFUSION_METHODS):
         filler = _DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
-    if used & {"inr", "ensemble"}:
+    if used.intersection(INR_METHODS):
         inr_filler = _InrFiller(stack, good, voxel_size_nm, training)
     flows: dict[tuple[int, int], PairFlow] = {}  # the last pair's
     for z in track(sorted(chosen), "restore: filling slices"):

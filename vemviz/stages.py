@@ -113,9 +113,10 @@ def inpaint(
     options = restore_mod.DiffusionOptions(
         Path(weights) if weights else None, steps, samples, seed, fine_tune, device
     )
+    learns = method in restore_mod.INR_METHODS
     filled, fill_report = restore_mod.fill_damage(
         volume.numpy(), damaged, method, options, voxel_size_nm=volume.voxel_size_nm,
-        training=_training(time_budget, device, seed) if method in ("inr", "ensemble") else None,
+        training=_training(time_budget, device, seed) if learns else None,
     )  # fmt: skip
     report.update(fill_report)
     report["filled"] = sorted(fill_report["methods"])
