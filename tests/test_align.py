@@ -42,8 +42,11 @@ def _h(matrix: np.ndarray | list) -> np.ndarray:
     return np.vstack([np.asarray(matrix, dtype=float), [0, 0, 1]])
 
 
-def _perturb(raw: np.ndarray, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Crop each section after a random rotation (+-1 deg) and shift (+-4 px).
+def _perturb(
+    raw: np.ndarray, seed: int, deform: float = 0.0
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Crop each section after a random rotation (+-1 deg), a random linear deformation
+    (``I + U(-deform, deform)`` per entry: scale and shear) and shift (+-4 px).
 
     Returns the stack and A_z (3x3, crop pixel -> unperturbed crop pixel).
     """
@@ -54,6 +57,8 @@ def _perturb(raw: np.ndarray, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     for z in range(N):
         angle = np.radians(rng.uniform(-1, 1))
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        if deform:
+            rot = rot @ (np.eye(2) + rng.uniform(-deform, deform, (2, 2)))
         shift = centre - rot @ centre + rng.uniform(-4, 4, 2)
         to_raw = _h(np.hstack([rot, shift[:, None]])) @ crop
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -94,6 +99,26 @@ def test_known_motion_is_recovered_without_drift(
     if mode == "rigid":
         for matrix in report["transforms"]["matrices"]:
             assert np.allclose(np.linalg.det(np.asarray(matrix)[:, :2]), 1.0)
+
+
+def test_affine_recovers_the_scale_and_shear_of_each_section(
+    raw: np.ndarray, base: np.ndarray
+) -> None:
+    stack, motions = _perturb(raw, seed=2, deform=0.02)
+    _, reference = align_stack(base, "rigid")
+    errors = {mode: _motion_errors(motions, align_stack(stack, mode)[1], reference)
+              for mode in ("rigid", "affine")}  # fmt: skip
+    print({mode: f"max {e.max():.3f} px, mean {e.mean():.3f} px" for mode, e in errors.items()})
+    assert errors["affine"].max() < 2.0
+    assert errors["affine"].mean() < 0.5 * errors["rigid"].mean()
+
+
+def test_affine_does_not_wander_on_an_undeformed_stack(base: np.ndarray) -> None:
+    _, report = align_stack(base, "affine")
+    linear = np.array(report["transforms"]["matrices"])[:, :, :2]
+    singular = np.linalg.svd(linear, compute_uv=False)
+    print(f"singular values of the affine parts: {singular.min():.4f}..{singular.max():.4f}")
+    assert np.abs(singular - 1).max() < 0.01
 
 
 def test_blank_and_skipped_sections_are_bridged(raw: np.ndarray, base: np.ndarray) -> None:
