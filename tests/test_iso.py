@@ -100,6 +100,9 @@ def test_flow_follows_curved_paths() -> None:
     inner = (slice(20, -20), slice(20, -20))
     curved = interpolate_z(stack, 2, "flow")[3]  # input position 1.5 = z 0.5
     straight = interpolate_frame(stack[1], stack[2], 0.5, pair_flows(stack[1], stack[2]))
+    # a NumPy float position (e.g. from index arithmetic on arrays) gives the same frame
+    same = interpolate_frame(stack[1], stack[2], np.float64(0.5), pair_flows(stack[1], stack[2]))
+    np.testing.assert_allclose(same, straight, atol=1e-3)
     curved_error = np.sqrt(np.mean((curved - truth)[inner] ** 2))
     straight_error = np.sqrt(np.mean((straight - truth)[inner] ** 2))
     assert curved_error < 0.5 * straight_error

@@ -83,8 +83,8 @@ def warp(image: np.ndarray, flow: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """Sample ``image`` (float32 result) at ``x + scale * flow(x)``, bilinear, edges reflected."""
     height, width = image.shape[:2]
     grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x = grid_x + np.float32(scale) * flow[..., 0]
-    map_y = grid_y + np.float32(scale) * flow[..., 1]
+    map_x = (grid_x + np.float32(scale) * flow[..., 0]).astype(np.float32, copy=False)
+    map_y = (grid_y + np.float32(scale) * flow[..., 1]).astype(np.float32, copy=False)
     return cv2.remap(
         image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
     )
