@@ -493,6 +493,13 @@ def _valid_mask(transforms: dict[str, Any] | None, z: int, shape: tuple[int, int
     return (map_x >= 0) & (map_x <= shape[1] - 1) & (map_y >= 0) & (map_y <= shape[0] - 1)
 
 
+def section_masks(transforms: dict[str, Any]) -> np.ndarray:
+    """(z, y, x) bool: True where the aligned stack shows its own section, False on the padding
+    (output pixels that sample outside the section, which `apply_transforms` sets to 0)."""
+    n, height, width = (int(v) for v in transforms["shape"])
+    return np.stack([_valid_mask(transforms, z, (height, width)) for z in range(n)])
+
+
 def _consecutive_ncc(
     stack: np.ndarray, transforms: dict[str, Any] | None, bad: list[int]
 ) -> list[float | None]:

@@ -155,13 +155,17 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     volume = _read(args)
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
     blockwise_method = args.method in ("auto", "flow", "linear")
-    whole_slices = not args.detect and args.mask is None and blockwise_method
+    transforms = _read_transforms(args.transforms) if args.transforms else None
+    whole_slices = not args.detect and args.mask is None and transforms is None
+    whole_slices = whole_slices and blockwise_method
     method = "flow" if args.method == "auto" else args.method  # auto: flow for whole slices
     stage = lambda: blockwise.InpaintBlocks(slices, method=method)  # noqa: E731
     if whole_slices and _chunked(args, volume, stage):
         return
     mask = read_volume(args.mask).numpy() != 0 if args.mask else None
-    damaged, report = stages.damage_mask(volume, slices=slices, detect=args.detect, mask=mask)
+    damaged, report = stages.damage_mask(
+        volume, slices=slices, detect=args.detect, mask=mask, transforms=transforms
+    )
     if args.mask_out:
         write_volume(volume.with_data(damaged.astype("uint8"), stage="damage"), args.mask_out)
     out, fill_report = stages.inpaint(
@@ -446,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensemble: mean of the inr and diffusion fills")  # fmt: skip
     p.add_argument("--mask", type=Path, metavar="MASK", help="damage mask volume (non-zero = bad)")
     p.add_argument("--mask-out", type=Path, metavar="PATH", help="write the damage mask used")
+    p.add_argument("--transforms", type=Path, metavar="JSON",
+                   help="IN's alignment (vemviz align's OUT.transforms.json): its padding "
+                        "outside the sections is not damage")  # fmt: skip
     p.add_argument("--steps", type=int, default=1, help="diffusion sampler steps (1: x0 estimate)")
     p.add_argument("--samples", type=int, default=1, help="diffusion samples averaged")
     p.add_argument("--seed", type=int, default=0, help="diffusion and inr random seed")

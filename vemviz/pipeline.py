@@ -106,7 +106,7 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
         allowed = list(OTHER_STAGE_OPTIONS[name])
     else:
         function = VOLUME_STAGES.get(name, stages.mesh)
-        skip = ("volume", "labels", "out_dir")
+        skip = ("volume", "labels", "out_dir", "transforms")  # transforms: from an align stage
         allowed = [p for p in inspect.signature(function).parameters if p not in skip]
     if name in FILE_STAGES:
         allowed.append("out")
@@ -171,6 +171,7 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
     image: Volume | None = current
     labels: Volume | None = None
     mesh_dir: Path | None = None
+    alignment: dict[str, Any] | None = None  # the last align stage's transforms
     records = []
     for index, spec in enumerate(config["stages"], start=1):
         spec = dict(spec)
@@ -202,6 +203,8 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
         else:
             status(f"[bold]run[/] {stem}")
             kwargs = _stage_kwargs(name, spec, base)
+            if name == "inpaint" and alignment and alignment["shape"] == list(current.shape):
+                kwargs.setdefault("transforms", alignment)  # its padding is not damage
             if name in VOLUME_STAGES:
                 current, report = VOLUME_STAGES[name](current, **kwargs)
                 write_volume(current, output, is_label=name == "segment")
@@ -214,6 +217,8 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
                       "seconds": round(time.perf_counter() - started, 3), "report": report,
                       "metadata": meta}  # fmt: skip
             write_json(record_path, record)
+        if name == "align":
+            alignment = report["transforms"]
         if name == "segment":
             labels = current
         elif name in VOLUME_STAGES:

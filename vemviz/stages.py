@@ -73,22 +73,35 @@ def damage_mask(
     slices: tuple[int, ...] = (),
     detect: bool = False,
     mask: np.ndarray | None = None,
+    transforms: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, Report]:
-    """The voxels to restore: given whole ``slices``, a given ``mask`` and/or detected damage."""
+    """The voxels to restore: given whole ``slices``, a given ``mask`` and/or detected damage;
+    never the padding of an aligned stack when its alignment ``transforms`` are given."""
     stack = volume.numpy()
+    if not detect and mask is None and not slices:
+        raise VemvizError(
+            "nothing to inpaint: pass --slices 3,17,40-42, --mask MASK and/or --detect"
+        )
     report: Report = {}
+    outside = None if transforms is None else ~_section_masks(transforms, stack.shape)
     damaged = np.zeros(stack.shape, dtype=bool)
     if mask is not None:
         damaged |= restore_mod.check_mask(stack, mask)
     damaged[list(slices)] = True
     if detect:
-        report["detection"], detected = restore_mod.detect_damage(stack)
+        report["detection"], detected = restore_mod.detect_damage(stack, outside)
         damaged |= detected
-    if not detect and mask is None and not slices:
-        raise VemvizError(
-            "nothing to inpaint: pass --slices 3,17,40-42, --mask MASK and/or --detect"
-        )
+    if outside is not None:
+        damaged &= ~outside
+        report["outside_voxels"] = int(outside.sum())
     return damaged, report
+
+
+def _section_masks(transforms: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    if list(transforms.get("shape", [])) != list(shape):
+        raise VemvizError(f"the alignment transforms are for a stack of shape "
+                          f"{transforms.get('shape')}, the volume is {list(shape)}")  # fmt: skip
+    return align_mod.section_masks(transforms)
 
 
 def inpaint(
@@ -105,10 +118,14 @@ def inpaint(
     weights: str | None = None,
     device: str = "auto",
     time_budget: float | None = None,
+    transforms: dict[str, Any] | None = None,
 ) -> tuple[Volume, Report]:
     """Restore the given slices, the voxels of a given mask and/or the detected damage
-    (``time_budget``: training seconds per gap length for ``method`` inr or ensemble)."""
-    damaged, report = damage_mask(volume, slices=slices, detect=detect, mask=mask)
+    (``time_budget``: training seconds per gap length for ``method`` inr or ensemble;
+    ``transforms``: the alignment that produced ``volume``, whose padding is left alone)."""
+    damaged, report = damage_mask(
+        volume, slices=slices, detect=detect, mask=mask, transforms=transforms
+    )
     report["method"] = method
     options = restore_mod.DiffusionOptions(
         Path(weights) if weights else None, steps, samples, seed, fine_tune, device
