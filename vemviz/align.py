@@ -256,11 +256,11 @@ def _solve_transforms(
 
 
 def _pair_residual_px(
-    warp: np.ndarray, moving: np.ndarray, fixed: np.ndarray, half_size: float
+    warp: np.ndarray, t_z: np.ndarray, t_k: np.ndarray, half_size: float
 ) -> float:
     """How far (px, worst image corner) ``W T_z`` lands from ``T_k`` for a pair's warp ``W``."""
     corners = np.array([[-1, -1, 1, 1], [-1, 1, -1, 1], [1, 1, 1, 1]], dtype=np.float64)
-    miss = (_as3(warp) @ _as3(moving) - _as3(fixed)) @ corners
+    miss = (_as3(warp) @ _as3(t_z) - _as3(t_k)) @ corners
     return half_size * float(np.linalg.norm(miss[:2], axis=0).max())
 
 
