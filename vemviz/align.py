@@ -55,12 +55,11 @@ Farneback optical flow is measured between each section and its previous good ne
 (rigidly aligned), area-averaged onto a coarse mesh (nodes every ``mesh_spacing`` pixels),
 and the per-node displacements of all sections are solved jointly by least squares
 (``D_k - D_z = flow_zk``, weight 1 per pair) with a weak spring (``stiffness``) towards the
-rigid position. The flows
-also follow the anatomy, which changes slowly along z, whereas section warps (compression,
-chatter, charging) are independent from section to section; so the solved meshes are finally
-high-passed along z (the same local linear fit, ``deformation_sigma`` sections): each section
-keeps the part of its displacement that differs from its neighbourhood in z. The mesh is
-interpolated bicubically to a dense field.
+rigid position. The flows also follow the anatomy, which changes slowly along z, whereas
+section warps (compression, chatter, charging) are independent from section to section; so
+the solved meshes are finally high-passed along z (the same local linear fit,
+``deformation_sigma`` sections): each section keeps the part of its displacement that differs
+from its neighbourhood in z. The mesh is interpolated bicubically to a dense field.
 
 Every transform is stored in the report (2x3 matrices, and for ``elastic`` the coarse mesh of
 ``(dx, dy)`` pixels) so that `apply_transforms` can re-apply it to another volume of the same
@@ -278,15 +277,9 @@ def _robust_solve(
     current = dict(weights)
     for _ in range(_ROBUST_ROUNDS):
         solved = _solve_transforms(good, pairs, warps, current, rigid)
-        current = {
-            (z, k): weights[(z, k)]
-            / (
-                1
-                + (_pair_residual_px(warps[(z, k)], solved[z], solved[k], half_size) / _ROBUST_PX)
-                ** 2
-            )  # fmt: skip
-            for z, k in pairs
-        }
+        for z, k in pairs:
+            residual = _pair_residual_px(warps[(z, k)], solved[z], solved[k], half_size)
+            current[(z, k)] = weights[(z, k)] / (1 + (residual / _ROBUST_PX) ** 2)
     return _solve_transforms(good, pairs, warps, current, rigid)
 
 
