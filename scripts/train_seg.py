@@ -5,7 +5,12 @@
 
 The data each model sees is fixed here (TRAINING) and never includes what the benchmark
 (`scripts/benchmark.py segment`) measures on: mitochondria train on the VNC volume and EPFL
-slices 0-1 (EPFL 2-3 are held out); cells train on FlyEM z < 125 (z >= 125 held out). The
+slices 0-1 (EPFL 2-3 are held out); cells train on FlyEM z < 125 (z >= 125 held out) and on
+VNC slices 0-9 (10-19 held out; cells = the connected regions inside the membranes of each
+slice). The cells model was first trained on FlyEM alone; the VNC phase continued it:
+
+    python scripts/train_seg.py cells --minutes 25 --threads 2 --lr 1e-3 \
+        --init vemviz/weights/cells.pt The
 weights go to vemviz/weights/TARGET.pt, the configuration and loss record to TARGET.json.
 """
 
@@ -22,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmarks.common import DEFAULT_DATA, load_tiff  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_DATA,
+    VNC_CELL_TRAIN_SLICES,
+    VNC_MEMBRANE_MAX_CODE,
+    load_tiff,
+    vnc_cells,
+)
 
 from vemviz.device import resolve_device  # noqa: E402
 from vemviz.io.atomic import write_json  # noqa: E402
@@ -44,7 +55,11 @@ TRAINING = {
     "cells": {
         "model": {"target": "cells", "pixel_nm": 10.0, "context": 3, "base": 16, "levels": 4},
         "options": {"batch": 8, "patch": 128, "lr": 2e-3},
-        "data": [f"flyem_medulla_10nm raw.tif + neuron_labels.tif z < {FLYEM_SPLIT_Z}"],
+        "data": [
+            f"flyem_medulla_10nm raw.tif + neuron_labels.tif z < {FLYEM_SPLIT_Z}, weight 1",
+            f"vnc_sstem raw.tif + labels.tif slices 0-{VNC_CELL_TRAIN_SLICES - 1} (regions "
+            f"above code {VNC_MEMBRANE_MAX_CODE}, per slice), weight 1",
+        ],
     },
 }
 
@@ -61,7 +76,12 @@ def training_volumes(target: str, data: Path, config: ModelConfig):
     raw, voxel = load_tiff(data / "flyem_medulla_10nm" / "raw.tif")
     labels, _ = load_tiff(data / "flyem_medulla_10nm" / "neuron_labels.tif")
     keep = slice(0, FLYEM_SPLIT_Z)
-    return [prepare_volume(raw[keep], labels[keep], voxel, config)]
+    vnc, vnc_voxel = load_tiff(data / "vnc_sstem" / "raw.tif")
+    codes, _ = load_tiff(data / "vnc_sstem" / "labels.tif")
+    vnc_keep = slice(0, VNC_CELL_TRAIN_SLICES)
+    vnc_labels = vnc_cells(codes[vnc_keep])
+    return [prepare_volume(raw[keep], labels[keep], voxel, config),
+            prepare_volume(vnc[vnc_keep], vnc_labels, vnc_voxel, config)]  # fmt: skip
 
 
 def main() -> None:

@@ -178,6 +178,19 @@ def test_fine_tuning_a_few_steps_lowers_the_loss(tmp_path, phantom):
         fine_tune(image, labels, voxel, "cells", tmp_path / "x.pt", base_model=base)
 
 
+def test_cell_targets_of_a_thick_section_stack_are_its_in_plane_boundaries():
+    """Serial sections are labelled section by section (the VNC's cells are the regions inside
+    each slice's membranes): ids that change from slice to slice are not boundaries."""
+    labels = np.zeros((4, 32, 32), np.int32)
+    for z in range(4):
+        labels[z, :, :16], labels[z, :, 16:] = 2 * z + 1, 2 * z + 2  # new ids in every slice
+    config = ModelConfig(target="cells", pixel_nm=5.0, context=1, base=8, levels=2)
+    image = np.random.default_rng(0).integers(0, 255, labels.shape).astype(np.uint8)
+    target = prepare_volume(image, labels, (50.0, 5.0, 5.0), config).target
+    assert target[:, :, 15:17].min() == 1 and target[:, :, :14].max() == 0
+    assert target[:, :, 18:].max() == 0
+
+
 def test_bad_input_and_empty_prediction_write_nothing(tmp_path, phantom, capsys):
     model = UNet(ModelConfig("mito", 8.0, **SMALL)).eval()
     with pytest.raises(VemvizError, match="needs a \\(z, y, x\\) volume"):

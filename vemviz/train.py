@@ -68,14 +68,16 @@ def prepare_volume(
             f"training needs a (z, y, x) image and labels of the same shape; got {image.shape} "
             f"and {labels.shape}"
         )
-    if config.target == "mito":
-        target = (labels > 0).astype(np.float32)
-    else:
-        target = boundary_map(labels).astype(np.float32)
-    if target.max() == target.min():
-        raise VemvizError("the training labels hold a single class: nothing to learn from")
     # near-isotropic and thick enough to draw xz / yz planes from
     isotropic = max(voxel_size_nm) <= 1.5 * min(voxel_size_nm) and min(image.shape) >= 32
+    if config.target == "mito":
+        target = (labels > 0).astype(np.float32)
+    elif isotropic:
+        target = boundary_map(labels).astype(np.float32)
+    else:  # trained slice by slice: the boundaries within each slice (labels may be per slice)
+        target = np.stack([boundary_map(plane) for plane in labels]).astype(np.float32)
+    if target.max() == target.min():
+        raise VemvizError("the training labels hold a single class: nothing to learn from")
     zoom = [v / config.pixel_nm for v in voxel_size_nm]
     if not isotropic:
         zoom[0] = 1.0

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = Path(os.environ.get("VEMVIZ_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -43,6 +44,21 @@ def load_tiff(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
         description = tif.pages[0].description
     voxel = tuple(float(v) for v in json.loads(description)["voxel_size_nm"])
     return data, voxel  # type: ignore[return-value]
+
+
+VNC_CELL_TRAIN_SLICES = 10  # the cells model trains on VNC slices 0-9; 10-19 are held out
+VNC_MEMBRANE_MAX_CODE = 128  # vnc_sstem/labels.tif: membranes 0-96, junctions 128
+
+
+def vnc_cells(codes: np.ndarray) -> np.ndarray:
+    """Per slice of the VNC label codes, the connected regions inside the membranes, numbered
+    uniquely over the stack (0 = membrane)."""
+    out, offset = np.zeros(codes.shape, np.int32), 0
+    for z, plane in enumerate(codes):
+        regions, count = ndimage.label(plane > VNC_MEMBRANE_MAX_CODE)
+        out[z] = np.where(regions > 0, regions + offset, 0)
+        offset += count
+    return out
 
 
 def peak_rss_mib() -> float:
