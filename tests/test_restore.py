@@ -314,7 +314,7 @@ def test_padding_of_an_aligned_stack_is_not_damage(jittered: np.ndarray) -> None
     from vemviz.align import align_stack, section_masks
 
     aligned, alignment = align_stack(jittered, "rigid")
-    outside = ~section_masks(alignment["transforms"])
+    outside = ~section_masks(alignment["transforms"], aligned.shape)
     assert outside.mean() > 0.01  # the alignment padded the sections
     blind, _ = detect_damage(aligned)
     report, mask = detect_damage(aligned, outside)

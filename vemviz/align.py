@@ -459,11 +459,7 @@ def apply_transforms(stack: np.ndarray, transforms: dict[str, Any], order: int =
         raise VemvizError(f"interpolation order must be 0, 1 or 3, got {order}")
     if stack.ndim != 3:
         raise VemvizError(f"alignment needs a (z, y, x) stack, got {stack.ndim} dimensions")
-    if list(stack.shape) != list(transforms.get("shape", [])):
-        raise VemvizError(
-            f"the transforms were computed for shape {transforms.get('shape')}, "
-            f"not {list(stack.shape)}"
-        )
+    _check_shape(transforms, stack.shape)
     meshes = transforms.get("displacements") or [None] * stack.shape[0]
     out = np.empty_like(stack)
     for z in track(range(stack.shape[0]), "Warping sections"):
@@ -486,11 +482,20 @@ def _valid_mask(transforms: dict[str, Any] | None, z: int, shape: tuple[int, int
     return (map_x >= 0) & (map_x <= shape[1] - 1) & (map_y >= 0) & (map_y <= shape[0] - 1)
 
 
-def section_masks(transforms: dict[str, Any]) -> np.ndarray:
-    """(z, y, x) bool: True where the aligned stack shows its own section, False on the padding
-    (output pixels that sample outside the section, which `apply_transforms` sets to 0)."""
-    n, height, width = (int(v) for v in transforms["shape"])
+def section_masks(transforms: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """(z, y, x) bool for the aligned stack of ``shape``: True where it shows its own section,
+    False on the padding (output pixels that sample outside the section, which
+    `apply_transforms` sets to 0)."""
+    _check_shape(transforms, shape)
+    n, height, width = shape
     return np.stack([_valid_mask(transforms, z, (height, width)) for z in range(n)])
+
+
+def _check_shape(transforms: dict[str, Any], shape: tuple[int, ...]) -> None:
+    if list(shape) != list(transforms.get("shape", [])):
+        raise VemvizError(
+            f"the transforms were computed for shape {transforms.get('shape')}, not {list(shape)}"
+        )
 
 
 def _consecutive_ncc(

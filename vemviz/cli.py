@@ -156,8 +156,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
     blockwise_method = args.method in ("auto", "flow", "linear")
     transforms = _read_transforms(args.transforms) if args.transforms else None
-    whole_slices = not args.detect and args.mask is None and transforms is None
-    whole_slices = whole_slices and blockwise_method
+    whole_slices = not args.detect and args.mask is None and transforms is None and blockwise_method
     method = "flow" if args.method == "auto" else args.method  # auto: flow for whole slices
     stage = lambda: blockwise.InpaintBlocks(slices, method=method)  # noqa: E731
     if whole_slices and _chunked(args, volume, stage):

@@ -83,7 +83,7 @@ def damage_mask(
             "nothing to inpaint: pass --slices 3,17,40-42, --mask MASK and/or --detect"
         )
     report: Report = {}
-    outside = None if transforms is None else ~_section_masks(transforms, stack.shape)
+    outside = None if transforms is None else ~align_mod.section_masks(transforms, stack.shape)
     damaged = np.zeros(stack.shape, dtype=bool)
     if mask is not None:
         damaged |= restore_mod.check_mask(stack, mask)
@@ -95,13 +95,6 @@ def damage_mask(
         damaged &= ~outside
         report["outside_voxels"] = int(outside.sum())
     return damaged, report
-
-
-def _section_masks(transforms: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
-    if list(transforms.get("shape", [])) != list(shape):
-        raise VemvizError(f"the alignment transforms are for a stack of shape "
-                          f"{transforms.get('shape')}, the volume is {list(shape)}")  # fmt: skip
-    return align_mod.section_masks(transforms)
 
 
 def inpaint(
