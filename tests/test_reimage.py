@@ -79,6 +79,28 @@ def test_plan_ranks_textured_tiles_first():
     assert ranks == sorted(ranks, reverse=True)
 
 
+def test_segmentation_uncertainty_ranks_undecided_tiles_first():
+    sure, undecided = np.zeros((32, 32)), np.full((32, 32), 0.5)
+    boxes = [(0, 16, 0, 16), (16, 32, 16, 32)]
+    assert reimage.segmentation_uncertainty(sure, boxes) == pytest.approx([0, 0])
+    assert reimage.segmentation_uncertainty(undecided, boxes) == pytest.approx([1, 1])
+    truth = half_textured()
+    low = reimage.area_downsample(truth, 4)
+
+    def probability(volume: np.ndarray) -> np.ndarray:
+        """Sure everywhere (0 or 1) except undecided in the flat tile at rows/cols 0-31."""
+        p = (volume > 120).astype(np.float32)
+        p[:, :32, :32] = 0.5
+        return p
+
+    plain = reimage.assess(low, (50.0, 20.0, 20.0), scale=4, tile=32)
+    guided = reimage.assess(low, (50.0, 20.0, 20.0), scale=4, tile=32, segmenter=probability)
+    assert np.array_equal(plain.mse, guided.mse)
+    assert reimage.select_tiles(plain.priority, 1 / 16)[0][1] != 0  # error alone: a textured one
+    first = reimage.select_tiles(guided.priority, 2 / 32)
+    assert [b for _, b in first] == [0, 0]  # the undecided flat tile of both slices
+
+
 def test_registration_recovers_stage_error_and_rejects_wrong_tiles(phantom):
     truth = phantom.clean.numpy()[:4]
     plan = {"tiles": [{"slice": 1, "acquire_px": [20, 100, 30, 110]}]}
@@ -143,8 +165,12 @@ def test_error_model_fits_and_loads(tmp_path):
     reimage.save_error_models([model], path, {"test": True})
     loaded = reimage.load_error_model("bicubic", path)
     assert np.allclose(loaded.predict_rms(features), model.predict_rms(features))
-    with pytest.raises(VemvizError, match="no error model"):
-        reimage.load_error_model("other", path)
+    fallback = reimage.load_error_model("learned", path)  # no model of its own
+    assert fallback.sr_method == "bicubic"
+    assert np.allclose(fallback.predict_rms(features), model.predict_rms(features))
+    path.write_text("{}")
+    with pytest.raises(VemvizError, match="not a re-imaging error model"):
+        reimage.load_error_model("bicubic", path)
     shipped = json.loads(reimage.DEFAULT_MODEL.read_text())
     assert shipped["provenance"]["script"] == "scripts/train_reimage.py"
 
@@ -175,6 +201,25 @@ def test_cli_plan_tiles_merge_round_trip(tmp_path, phantom):
     (tiles_dir / plan["tiles"][0]["file"]).unlink()
     assert main([*merge[:-1], str(tmp_path / "again.tif")]) == 2
     assert not (tmp_path / "again.tif").exists()
+
+
+def test_cli_plans_with_learned_sr_and_a_segmentation_target(tmp_path, phantom):
+    truth = phantom.clean.numpy()[:3]
+    write_volume(Volume(reimage.area_downsample(truth, 4), (40.0, 32.0, 32.0)), tmp_path / "lo.tif")
+    plan_path, sr_path = tmp_path / "plan.json", tmp_path / "sr.tif"
+    args = ["plan-reimage", str(tmp_path / "lo.tif"), "--out", str(plan_path), "--tile", "32",
+            "--budget", "0.25", "--sr-method", "learned", "--target", "mito", "--time-budget",
+            "5", "--device", "cpu", "--sr-out", str(sr_path)]  # fmt: skip
+    assert main(args) == 0
+    plan = json.loads(plan_path.read_text())
+    assert (plan["sr_method"], plan["error_model"], plan["target"]) == (
+        "learned",
+        "bicubic",
+        "mito",
+    )
+    assert len(plan["tiles"]) == plan["tiles_total"] // 4 == 12
+    sr = read_volume(sr_path).numpy()
+    assert psnr(truth[:, :128, :128], sr) > 20  # a super-resolved phantom, not a blank one
 
 
 def test_cli_simulation_reports_quality_and_time(tmp_path, phantom):

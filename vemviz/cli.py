@@ -294,7 +294,8 @@ def cmd_plan_reimage(args: argparse.Namespace) -> None:
     volume = _read(args)
     options = dict(scale=args.scale, budget=args.budget, tile=args.tile, margin=args.margin,
                    sr_method=args.sr_method, target=args.target, dwell_ns=args.dwell_ns,
-                   tile_overhead_s=args.tile_overhead_s)  # fmt: skip
+                   tile_overhead_s=args.tile_overhead_s, time_budget=args.time_budget,
+                   device=args.device, seed=args.seed)  # fmt: skip
     if args.simulate:
         plan, merged, report = stages.simulate_reimage(volume, _merge_options(args), **options)
         if args.merged_out is not None:
@@ -363,10 +364,10 @@ def _add_learned(parser: argparse.ArgumentParser, method: str, model_files: bool
         parser.add_argument("--save-model", type=Path, metavar="PATH", help="save trained weights")
 
 
-def _add_refit_options(parser: argparse.ArgumentParser) -> None:
+def _add_refit_options(parser: argparse.ArgumentParser, trains: str = "refit") -> None:
     parser.add_argument("--no-refit", action="store_true",
                         help="do not retrain the learned SR on the re-imaged tiles")  # fmt: skip
-    _add_learned(parser, "refit", model_files=False)
+    _add_learned(parser, trains, model_files=False)
 
 
 def _add_scale(parser: argparse.ArgumentParser) -> None:
@@ -580,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="LOWRES is a high-resolution volume: simulate scan, plan, re-imaging, merge",
     )
     p.add_argument("--merged-out", type=Path, metavar="OUT", help="with --simulate: merged volume")
-    _add_refit_options(p)
+    _add_refit_options(p, "learned SR and refit")
     _add_common(p)
     p.set_defaults(func=cmd_plan_reimage)
 

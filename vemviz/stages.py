@@ -285,14 +285,21 @@ def _segment_labels(
 
 
 def _segmenter(target: str | None, voxel_size_nm: tuple[float, float, float]):
-    """An array -> instance labels function for `reimage.assess`, or None without a target."""
+    """An array -> probability function (the shipped ``target`` model) for `reimage.assess`,
+    or None without a target."""
     if target is None:
         return None
+    if target not in segment_mod.TARGETS:
+        raise VemvizError(f"unknown segmentation target {target!r}; choose mito or cells")
+    from vemviz.device import resolve_device
+    from vemviz.unet import load_model, shipped_model
 
-    def labels(data: np.ndarray) -> np.ndarray:
-        return _segment_labels(Volume(data, voxel_size_nm), target, None, "learned", None)[0]
+    network = load_model(shipped_model(target), resolve_device("auto"))
 
-    return labels
+    def probability(data: np.ndarray) -> np.ndarray:
+        return segment_mod.predict_probabilities(data, voxel_size_nm, network)
+
+    return probability
 
 
 def plan_reimage(
@@ -306,13 +313,17 @@ def plan_reimage(
     target: str | None = None,
     dwell_ns: float | None = None,
     tile_overhead_s: float = 0.0,
+    time_budget: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
 ) -> tuple[dict[str, Any], Volume]:
-    """The re-imaging plan for a low-resolution scan, and its super-resolved volume."""
+    """The re-imaging plan for a low-resolution scan, and its super-resolved volume
+    (``time_budget``, ``device``, ``seed``: training of a learned ``sr_method``)."""
     voxel = volume.require_voxel_size("re-imaging plans (tile positions are in nm)")
     hr_voxel = sr_mod.sr_voxel_size(voxel, scale)
     assessment = reimage_mod.assess(
         volume.numpy(), voxel, scale=scale, tile=tile, sr_method=sr_method,
-        segmenter=_segmenter(target, hr_voxel),
+        segmenter=_segmenter(target, hr_voxel), training=_training(time_budget, device, seed),
     )  # fmt: skip
     plan = reimage_mod.make_plan(
         assessment, budget=budget, margin=margin, dwell_ns=dwell_ns,

@@ -8,7 +8,9 @@ re-imaging, both with the SR refitted on the re-imaged tiles before merging (`ve
 merge-reimage` default). Re-imaged tiles are cut from the truth with a 2 px stage error and
 registered back. Scores: PSNR/SSIM, mitochondria IoU (VNC) or neuron VI (FlyEM) of `vemviz
 segment` (learned models) on the result, and imaging time saved (time proportional to pixels
-imaged). Segmentation is scored at ``--seg-budgets`` only (it dominates the run time on a CPU).
+imaged). Segmentation is scored at ``--seg-budgets`` only (it dominates the run time on a CPU);
+there the plan of ``plan-reimage --target`` (error weighted by segmentation uncertainty) is
+added, and random choice is repeated with each of ``--random-seeds``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--budgets", default="0.05,0.1,0.2,0.5")
     parser.add_argument("--seg-budgets", default="0.1", help="budgets scored by segmentation")
+    parser.add_argument("--random-seeds", default="0,1,2", help="random choices at seg budgets")
     parser.add_argument("--tile", type=int, default=64, help="tile size in full-res pixels")
     parser.add_argument("--train-seconds", type=float, default=60.0, help="per SR training")
     parser.add_argument(
@@ -83,19 +86,37 @@ def _run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, An
     add("SR only (learned)", 0.0, learned, low_only, seconds=timing["seconds"])
     curve: dict[str, list] = {"error": [], "random": []}
     for budget in (float(b) for b in args.budgets.split(",")):
-        for choice in ("error", "random"):
-            chosen = None
-            if choice == "random":
-                chosen = reimage.random_tiles(assessment.priority.shape, budget, seed=0)
-            plan = reimage.make_plan(assessment, budget=budget, chosen=chosen)
+        for method, plan in _plans(assessment, Volume(low, low_voxel), budget, target,
+                                   budget in seg_budgets, args):  # fmt: skip
             tiles = reimage.truth_tiles(truth_full, plan, stage_error_px=2.0)
             with timed(timing):  # refit_sr stops at REFIT_STEPS
                 refit = reimage.refit_sr(low, tiles, args.scale, training)
                 merged, _ = reimage.merge_tiles(refit, plan, tiles)
             saved = plan["time"]["time_saved"]
-            add(f"SR + {choice} re-imaging", budget, merged, saved, seconds=timing["seconds"])
-            curve[choice].append((saved, rows[-1]["psnr"]))
+            add(method, budget, merged, saved, seconds=timing["seconds"])
+            for choice in curve:
+                if method == f"SR + {choice} re-imaging":
+                    curve[choice].append((saved, rows[-1]["psnr"]))
     return rows, curve
+
+
+def _plans(
+    assessment: reimage.Assessment, low: Volume, budget: float, target: str, scored: bool,
+    args: argparse.Namespace,
+) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """The (method, plan) pairs compared at one budget: error-guided, at scored budgets also
+    guided by the segmentation ``target``, and random choice (every seed at scored budgets)."""
+    plans = [("SR + error re-imaging", reimage.make_plan(assessment, budget=budget))]
+    if scored:
+        plan = stages.plan_reimage(low, scale=args.scale, budget=budget, tile=args.tile,
+                                   target=target)[0]  # fmt: skip
+        plans.append((f"SR + error re-imaging, --target {target}", plan))
+    seeds = [int(s) for s in args.random_seeds.split(",")]
+    for seed in seeds if scored else seeds[:1]:
+        chosen = reimage.random_tiles(assessment.priority.shape, budget, seed=seed)
+        method = "SR + random re-imaging" + ("" if seed == seeds[0] else f" (seed {seed})")
+        plans.append((method, reimage.make_plan(assessment, budget=budget, chosen=chosen)))
+    return plans
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -106,7 +127,8 @@ def run(args: argparse.Namespace) -> Result:
         rows += dataset_rows
     _plot(curves, args)
     notes = [f"scale {args.scale}, tile {args.tile} px + 8 px margin, stage error 2 px, "
-             f"random choice seed 0; SR trainings {args.train_steps} steps or "
+             f"random choice seeds {args.random_seeds} (the first one alone at budgets "
+             f"not scored by segmentation); SR trainings {args.train_steps} steps or "
              f"{args.train_seconds:g} s; peak RSS {peak_rss_mib():.0f} MiB"]  # fmt: skip
     return Result(f"Targeted re-imaging at scale {args.scale}", rows, notes, {"curves": curves})
 
