@@ -172,7 +172,10 @@ def test_cli_inr_save_reuse_uncertainty(cube: np.ndarray, tmp_path, capsys) -> N
     again = tmp_path / "again.tif"
     assert main([*common, "--out", str(again), "--factor", "4", "--model", str(weights)]) == 0
     np.testing.assert_array_equal(read_volume(again).numpy(), result.numpy())
-    capsys.readouterr()
+    assert "trained for" not in capsys.readouterr().err
+    other = tmp_path / "other.tif"
+    assert main([*common, "--out", str(other), "--factor", "2", "--model", str(weights)]) == 0
+    assert "trained for x4 and is applied at x2" in " ".join(capsys.readouterr().err.split())
     bad = tmp_path / "bad.tif"
     assert main(["iso", str(source), "--out", str(bad), "--factor", "4", "--method", "cubic",
                  "--model", str(weights)]) == 2  # fmt: skip

@@ -143,10 +143,18 @@ def _training(time_budget: float | None, device: str, seed: int):
     return Training(device=device, seed=int(seed), **budget)
 
 
-def _learned_model(path: str | Path | None, kind: str, device: str):
+def _learned_model(path: str | Path | None, kind: str, device: str, factor: float):
+    """The saved ``kind`` model at ``path`` (None without one); says so when it was trained
+    for another factor than ``factor`` (the decoder takes any, but it learned one)."""
     from vemviz.inr import load_model
 
-    return None if path is None else load_model(Path(path), kind, device)
+    if path is None:
+        return None
+    model = load_model(Path(path), kind, device)
+    if not np.isclose(model.factor, factor, rtol=1e-3):
+        status(f"note: {path} was trained for x{model.factor:g} and is applied at x{factor:g}; "
+               "results are best at the factor it learned")  # fmt: skip
+    return model
 
 
 def _learned_report(model: Any, save_model: str | Path | None) -> Report:
@@ -189,7 +197,8 @@ def iso(
         raise VemvizError("--model, --save-model and --uncertainty need --method inr")
     result = iso_mod.reconstruct_z(
         volume.numpy(), factor, method=method,
-        model=_learned_model(model, "iso", device), training=_training(time_budget, device, seed),
+        model=_learned_model(model, "iso", device, factor),
+        training=_training(time_budget, device, seed),
     )  # fmt: skip
     report: Report = {
         "method": method,
@@ -225,7 +234,8 @@ def sr(
         raise VemvizError("--model and --save-model need --method learned")
     out, trained = sr_mod.super_resolve(
         volume.numpy(), scale, method=method,
-        model=_learned_model(model, "sr", device), training=_training(time_budget, device, seed),
+        model=_learned_model(model, "sr", device, scale),
+        training=_training(time_budget, device, seed),
     )  # fmt: skip
     report: Report = {"method": method, "scale": scale, "shape_out": list(out.shape)}
     if trained is not None:
