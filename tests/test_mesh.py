@@ -161,3 +161,53 @@ def test_largest_meshes_only_the_biggest_labels(tmp_path):
     assert [o["label"] for o in manifest["objects"]] == expected
     with pytest.raises(VemvizError, match="at least 1"):
         mesh_labels(labels, (40.0, 8.0, 8.0), tmp_path / "none", largest=0)
+
+
+def _thick_section_ball(spacing, centre, radius) -> np.ndarray:
+    """A ball sampled at the centres of thick sections (a voxel is in if its centre is)."""
+    shape = (14, 110, 110)
+    grids = np.meshgrid(*[np.arange(n) * v for n, v in zip(shape, spacing, strict=True)],
+                        indexing="ij")  # fmt: skip
+    return (sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) <= radius**2).astype(
+        np.uint8
+    )
+
+
+def test_interpolated_thick_sections_follow_the_true_surface():
+    spacing, centre, radius = (60.0, 6.0, 6.0), (390.0, 330.0, 330.0), 300.0
+    labels = _thick_section_ball(spacing, centre, radius)
+    box = (slice(0, 14), slice(0, 110), slice(0, 110))
+
+    def radial_error(options: MeshOptions) -> tuple[float, object]:
+        surface = label_surface(labels, box, 1, spacing, options)
+        distance = np.linalg.norm(surface.points[:, ::-1] - centre, axis=1)  # points are x, y, z
+        return float(np.sqrt(np.mean((distance - radius) ** 2))), surface
+
+    stepped, plain = radial_error(MeshOptions(units="nm"))
+    interpolated, smooth = radial_error(MeshOptions(units="nm", interpolate_z=True))
+    assert smooth.closed and plain.closed
+    assert signed_volume(smooth.points, smooth.faces) == pytest.approx(
+        4 / 3 * np.pi * radius**3, rel=0.08
+    )
+    # section steps of 60 nm: the stepped surface is tens of nm off the ball, the interpolated
+    # one a fraction of a section
+    assert interpolated < 0.5 * stepped and interpolated < 6.0, (interpolated, stepped)
+    # coarsened (in-plane blocks only: sections are never joined), still on the ball
+    coarse, surface = radial_error(MeshOptions(units="nm", interpolate_z=True, max_faces=2000))
+    assert len(surface.faces) <= 2000 and coarse < 0.5 * stepped, coarse
+
+
+def test_interpolate_z_needs_thick_sections_and_whole_volume_meshing(tmp_path, capsys):
+    from vemviz import Volume, stages
+
+    labels = _thick_section_ball((60.0, 6.0, 6.0), (390.0, 330.0, 330.0), 300.0)
+    volume = Volume(labels, (60.0, 6.0, 6.0))
+    stages.mesh(volume, tmp_path / "plain")
+    assert "10.0x thicker" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(VemvizError, match="does not work by blocks"):
+        stages.mesh(volume, tmp_path / "blocks", interpolate_z=True, memory_budget=1000)
+    assert not (tmp_path / "blocks").exists()
+    iso = Volume(labels, (6.0, 6.0, 6.0))  # no thick sections: the same surface either way
+    a = stages.mesh(iso, tmp_path / "a", units="nm")
+    b = stages.mesh(iso, tmp_path / "b", units="nm", interpolate_z=True)
+    assert a["objects"] == b["objects"]

@@ -244,7 +244,7 @@ def cmd_mesh(args: argparse.Namespace) -> None:
         labels, args.out, smooth=args.smooth, decimate=args.decimate, units=args.units,
         class_name=args.class_name, opacity=args.opacity, ply=args.ply, workers=args.workers,
         largest=args.largest, memory_budget=parse_memory(args.memory_budget),
-        scheduler=args.scheduler,
+        scheduler=args.scheduler, interpolate_z=args.interpolate_z,
     )  # fmt: skip
     faces = sum(o["faces"] for o in manifest["objects"])
     status(f"wrote {len(manifest['objects'])} meshes ({faces} faces) to {args.out}")
@@ -530,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply", action="store_true", help="also write PLY files")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     p.add_argument("--largest", type=int, metavar="N", help="mesh only the N largest labels")
+    p.add_argument(
+        "--interpolate-z", action="store_true",
+        help="thick sections: interpolate outlines between them (no section steps)",
+    )  # fmt: skip
     _add_common(p, report=False)
     _add_scale(p)
     p.set_defaults(func=cmd_mesh)

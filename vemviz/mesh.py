@@ -19,6 +19,17 @@ surface. Per object:
    undecimated surface is the last resort), so the surface stays closed.
 4. Faces are wound so that the signed volume is positive: outward normals.
 
+Thick sections (``interpolate_z``; z spacing at least `MIN_SECTION_RATIO` times the in-plane
+one, as in serial-section TEM): marching cubes on the sections themselves gives a terrace per
+section, too tall for smoothing to remove without eroding the object. Before step 1 the object
+is then resampled along z by shape-based interpolation (`interpolate_sections`): each section's
+outline becomes its signed in-plane distance map, the maps are interpolated linearly between
+sections at about the in-plane spacing, and the surface is taken where the interpolated
+distance is zero, so outlines morph from one section into the next. Where the object ends, the
+section beyond counts as one section thickness outside everywhere, which closes the object in
+a rounded cap within that section instead of a flat step. The block path (`vemviz.blockmesh`)
+meshes the sections as they are.
+
 Objects are meshed in parallel worker processes (``workers``; forked, so they share the label
 volume without copying it), largest bounding box first; the main process writes the files as
 results arrive. Closedness, volume and area are computed with numpy; trimesh writes GLB with
@@ -66,6 +77,7 @@ PARALLEL_MIN_OBJECTS = 8
 # Marching cubes level: a hair below 1/2, so that no vertex lands exactly on a sample of a
 # block-mean field (4/8 = 0.5), which would give degenerate, non-manifold triangles.
 LEVEL = 0.5 - 1e-3  # fewer objects are meshed in this process
+MIN_SECTION_RATIO = 2.0  # z / in-plane spacing from which `interpolate_z` resamples along z
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,14 @@ class MeshOptions:
     units: str = "um"
     min_voxels: int = 1  # smaller objects are skipped
     workers: int = 0  # processes; 0: one per available CPU core
+    interpolate_z: bool = False  # shape-based interpolation between thick sections
+
+
+def section_steps(spacing: VoxelSize, options: MeshOptions) -> int:
+    """Samples per section along z: the z / in-plane spacing ratio, rounded, when thick
+    sections are interpolated (`MeshOptions.interpolate_z`), else 1."""
+    ratio = spacing[0] / min(spacing[1], spacing[2])
+    return max(1, round(ratio)) if options.interpolate_z and ratio >= MIN_SECTION_RATIO else 1
 
 
 @dataclass
@@ -176,15 +196,37 @@ def coarsening(faces: int, limit: int) -> int:
     return max(1, math.ceil(math.sqrt(faces / limit))) if limit > 0 else 1
 
 
-def block_mean(mask: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``mask`` over ``factor``^3 blocks (zero-padded at the far end), as float32."""
-    if factor == 1:
+def block_mean(mask: np.ndarray, factor: int | tuple[int, int, int]) -> np.ndarray:
+    """Mean of ``mask`` over blocks of ``factor`` voxels per axis (one number: a cube),
+    zero-padded at the far end, as float32."""
+    factors = (factor,) * 3 if isinstance(factor, int) else tuple(factor)
+    if factors == (1, 1, 1):
         return mask.astype(np.float32)
-    shape = [-(-s // factor) * factor for s in mask.shape]
+    shape = [-(-s // f) * f for s, f in zip(mask.shape, factors, strict=True)]
     padded = np.zeros(shape, dtype=np.float32)
     padded[tuple(slice(0, s) for s in mask.shape)] = mask
-    blocks = padded.reshape(shape[0] // factor, factor, shape[1] // factor, factor, -1, factor)
-    return blocks.mean(axis=(1, 3, 5))
+    split = [n for s, f in zip(shape, factors, strict=True) for n in (s // f, f)]
+    return padded.reshape(split).mean(axis=(1, 3, 5))
+
+
+def interpolate_sections(field: np.ndarray, steps: int, cap: float) -> np.ndarray:
+    """Shape-based interpolation of an object ``field`` (z, y, x) to ``steps`` samples per
+    section along z, as a field in [0, 1] whose `LEVEL` contour is the interpolated outline.
+
+    A section's signed distance is in in-plane pixels (negative inside, +-1 on the pixels either
+    side of the outline; the field needs a background margin in y and x); a section without
+    the object is ``cap`` pixels outside everywhere. Output sample ``k`` lies at section
+    ``k / steps``.
+    """
+    inside = field > LEVEL
+    distance = np.full(field.shape, np.float32(cap))
+    for z in np.flatnonzero(inside.any(axis=(1, 2))):
+        distance[z] = ndi.distance_transform_edt(~inside[z]) - ndi.distance_transform_edt(inside[z])
+    position = np.arange((field.shape[0] - 1) * steps + 1) / steps
+    lower = np.minimum(position.astype(int), field.shape[0] - 2)
+    fraction = (position - lower).astype(np.float32)[:, None, None]
+    fine = (1 - fraction) * distance[lower] + fraction * distance[lower + 1]
+    return np.clip(0.5 - 0.5 * fine, 0.0, 1.0)
 
 
 def object_surface(
@@ -221,17 +263,27 @@ def label_surface(
 
     An object whose full-resolution surface would exceed ``COARSEN_LIMIT`` times the face
     budget is meshed on the mean of ``f``^3 voxel blocks instead (its partial-volume fraction,
-    still at level 0.5), so decimation never has to remove more than about 7/8 of the faces.
+    still at level 0.5), so decimation never has to remove more than about 7/8 of the faces;
+    interpolated thick sections are coarsened in-plane only (``1 x f x f``).
     """
     crop = labels[box] == label
     if np.count_nonzero(crop) < options.min_voxels:
         return None
-    factor = coarsening(2 * exposed_faces(np.pad(crop, 1)), COARSEN_LIMIT * options.max_faces)
-    field = np.pad(block_mean(crop, factor), 1)
+    steps = section_steps(spacing, options)  # interpolated sections have ~steps x the faces
+    factor = coarsening(2 * steps * exposed_faces(np.pad(crop, 1)),
+                        COARSEN_LIMIT * options.max_faces)  # fmt: skip
+    blocks = np.array((1, factor, factor) if steps > 1 else (factor,) * 3)  # never join sections
+    field = np.pad(block_mean(crop, tuple(blocks)), 1)
     start = np.array([s.start for s in box], dtype=np.float64)
     voxel = np.asarray(spacing, dtype=np.float64)
-    origin = (start + (factor - 1) / 2 - factor) * voxel  # centre of the margin block
-    points, faces = object_surface(field, origin, tuple(voxel * factor), options)
+    origin = (start + (blocks - 1) / 2 - blocks) * voxel  # centre of the margin block
+    sampling = voxel * blocks
+    if steps > 1:
+        ratio = sampling[0] / min(sampling[1], sampling[2])  # section thickness in pixels
+        steps = max(1, round(ratio))
+        field = interpolate_sections(field, steps, cap=ratio)
+        sampling[0] /= steps
+    points, faces = object_surface(field, origin, tuple(sampling), options)
     return Surface(label, points, faces, is_closed(faces))
 
 
