@@ -206,6 +206,7 @@ def test_core_command_routes(tmp_path: Path) -> None:
     assert config["voxel_size"] == [40.0, 8.0, 8.0]
     assert [s["stage"] for s in config["stages"]] == ["iso", "segment", "mesh"]
     assert config["stages"][0]["factor"] == 5 and config["stages"][-1]["out"] == "meshes"
+    assert config["stages"][-1]["interpolate_z"] is True
     with pytest.raises(ValueError, match="voxel size"):
         core.prepare_core_command(prefix, tmp_path, "/d/raw.tif", restore=False)
 

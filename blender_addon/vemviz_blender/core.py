@@ -57,7 +57,8 @@ def pipeline_text(
     if not segment:  # vemviz run meshes only labels that a segment stage produced
         raise ValueError("Meshes need the segment stage; switch Segment on.")
     stages.append({"stage": "segment", "target": "mito"})
-    stages.append({"stage": "mesh", "out": MESH_FOLDER})
+    # thick sections (iso off) get interpolated outlines instead of a step per section
+    stages.append({"stage": "mesh", "out": MESH_FOLDER, "interpolate_z": True})
     lines = [f"input = {_toml_value(input_path)}", 'workspace = "workspace"']
     if all(v > 0 for v in voxel_size_nm):
         lines.append(f"voxel_size = {_toml_value([float(v) for v in voxel_size_nm])}")
