@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--smooth", type=float, default=4.0, help="extra rows with this trajectory smoothing"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--neighbours", type=int, default=2, help="previous sections each one is registered to"
+    )
 
 
 class _Distortion:
@@ -204,7 +207,9 @@ def run(args: argparse.Namespace) -> Result:
     margin = round(maps[0].margin)
     blanks = [n // 3, 2 * n // 3]
     clean = raw[:, margin : margin + args.size, margin : margin + args.size]
-    reference = align_stack(clean, "rigid")[1]  # the content-following trajectory
+    reference = align_stack(clean, "rigid", neighbours=args.neighbours)[
+        1
+    ]  # the content-following trajectory
     rows = []
     last = args.modes.split(",")[-1]
     cases = [("none", False, 0.0)] + [(m, False, 0.0) for m in args.modes.split(",")]
@@ -219,7 +224,7 @@ def run(args: argparse.Namespace) -> Result:
         if mode == "none":
             aligned, report = data, None
         else:
-            aligned, report = align_stack(data, mode, smooth=smooth)
+            aligned, report = align_stack(data, mode, smooth=smooth, neighbours=args.neighbours)
         seconds = time.perf_counter() - start
         row: dict[str, Any] = {
             "mode": mode,
