@@ -129,7 +129,7 @@ def test_sr_training_pairs_use_every_phase_of_whole_blocks() -> None:
     for _ in range(40):
         small, *_ = inr._sr_sample(plane, 2, 16, rng)
         assert np.allclose(small % 1, 0.5)  # whole 2 x 2 blocks, never a fractional resampling
-        parities.add(float(small[0, 0] % 2))
+        parities.add(float(small[0, 0, 0] % 2))
     assert parities == {0.5, 1.5}
 
 

@@ -10,6 +10,17 @@ One model family serves three stages:
   between. It is then applied to the XZ and YZ planes of the volume, whose rows are the real z
   slices, and the two passes are averaged; half their absolute difference is the per-voxel
   uncertainty. Only the input volume is used for training (never any held-out truth).
+  *Neighbour planes* give the network the third dimension: with ``neighbours = K`` it also
+  sees, as extra input channels, the K planes on each side of the one it decodes, at the
+  spacing of the real slices. In training these are the XY planes of slices z - K ... z + K,
+  decimated at the same rows; in application, the XZ (YZ) planes at y +- round(k F)
+  (x +- round(k F)), whose rows are the same real slices. Both are then blocks of the volume
+  with two axes sampled every F pixels and one dense, only with the two sparse axes swapped,
+  so what the network learns about how structure continues into the neighbouring planes
+  holds where it is applied. Mirrored at the volume's ends in both cases. On FlyEM (every
+  F-th slice kept; `vemviz.iso`'s result, fused with flow) two neighbours on each side
+  raised x4 from 29.53 to 29.57 dB and x8 from 25.63 to 25.71 dB at 3000 steps (29.59 and
+  25.75 at 6000); four neighbours gave 25.71 at x8, one 29.60 at x4 (6000 steps).
 - **missing slices** (`vemviz.restore`, method ``inr``, `train_gap`): XY planes are decimated
   to the z spacing (rows every z/xy voxel ratio) and ``run`` consecutive kept rows removed; the
   network learns to restore them from the kept rows on both sides. It is applied to the XZ and
@@ -41,7 +52,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -60,18 +71,28 @@ KINDS = ("iso", "sr")
 
 @dataclass(frozen=True)
 class Architecture:
-    """Network size: encoder width and residual blocks, decoder hidden width."""
+    """Network size: encoder width and residual blocks, decoder hidden width, and the
+    neighbour planes on each side that iso and gap filling see (`LocalImplicitNet`)."""
 
     channels: int = 32
     blocks: int = 4
     hidden: int = 32
+    neighbours: int = 2  # iso and gap filling: planes on each side as extra channels (sr: 0)
+
+
+# Training steps when `Training.steps` is None. iso (and gap filling) gained from longer
+# training (FlyEM, fused result: x4 29.57 -> 29.59 dB, x8 25.71 -> 25.75 from 3000 to 6000);
+# self-supervised sr lost at x4 (29.56 -> 29.17 dB): one octave down it learns more of the
+# coarser scale's detail, which does not hold at the finest.
+DEFAULT_STEPS = {"iso": 6000, "sr": 3000}
 
 
 @dataclass(frozen=True)
 class Training:
-    """How to train: stopping (steps, seconds), batch and patch sizes, optimiser, seed, device."""
+    """How to train: stopping (steps, None for the kind's `DEFAULT_STEPS`; seconds), batch and
+    patch sizes, optimiser, seed, device."""
 
-    steps: int = 3000
+    steps: int | None = None
     time_budget: float | None = 240.0
     batch: int = 16
     patch: int = 48
@@ -84,14 +105,20 @@ class Training:
 
 @dataclass
 class LearnedModel:
-    """A trained network with what it was trained for (``kind`` iso/sr and the factor)."""
+    """A trained network with what it was trained for: ``kind`` iso/sr, the factor, and the
+    ``spacing`` in pixels of the real slices its neighbour planes stand for (iso: the factor;
+    gap filling: the z/xy voxel ratio)."""
 
     kind: str
     factor: float
     architecture: Architecture
     net: LocalImplicitNet
+    spacing: float = 1.0
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # intensity (mean, std) to normalise every input by instead of its own; the block stages
+    # (`vemviz.blockwise`) set the whole volume's, so that all blocks are scaled alike
+    norm: tuple[float, float] | None = None
 
 
 # --- network ----------------------------------------------------------------------------------
@@ -123,14 +150,16 @@ class LocalImplicitNet(nn.Module):
     """Encoder on the low-resolution plane; decoder at bracketed continuous coordinates.
 
     ``axes`` is 1 when only rows are sparse (iso: columns are already at full resolution) and
-    2 when rows and columns are (sr).
+    2 when rows and columns are (sr). With one sparse axis the input holds the plane and its
+    ``arch.neighbours`` neighbour planes on each side as channels (the plane in the middle).
     """
 
     def __init__(self, axes: int, arch: Architecture) -> None:
         super().__init__()
         self.axes = axes
         width, hidden = arch.channels, arch.hidden
-        self.head = nn.Conv2d(1, width, 3, padding=1, padding_mode="reflect")
+        planes = 2 * arch.neighbours + 1 if axes == 1 else 1
+        self.head = nn.Conv2d(planes, width, 3, padding=1, padding_mode="reflect")
         self.body = nn.Sequential(*[_Block(width) for _ in range(arch.blocks)])
         self.proj = nn.Conv2d(width, hidden * 2**axes, 1)
         self.frac = nn.Linear(3 * axes, hidden, bias=False)
@@ -146,8 +175,8 @@ class LocalImplicitNet(nn.Module):
         rows: tuple[torch.Tensor, torch.Tensor],
         cols: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Residual at the queried grid: ``low`` (B, 1, h, w); ``rows``/``cols`` are the lower
-        bracketing index and the fraction toward the next sample, shape (n,) or (B, n)."""
+        """Residual at the queried grid: ``low`` (B, planes, h, w); ``rows``/``cols`` are the
+        lower bracketing index and the fraction toward the next sample, shape (n,) or (B, n)."""
         head = self.head(low)
         feats = self.proj(self.body(head) + head)
         batch, _, height, width = feats.shape
@@ -184,9 +213,12 @@ def _as_cols(code: torch.Tensor) -> torch.Tensor:
 # --- training ---------------------------------------------------------------------------------
 
 
-def _normalise(stack: np.ndarray) -> tuple[np.ndarray, float, float]:
+def _normalise(
+    stack: np.ndarray, norm: tuple[float, float] | None = None
+) -> tuple[np.ndarray, float, float]:
+    """``stack`` as float32 (x - mean) / std, with its own mean and std or ``norm``'s."""
     data = stack.astype(np.float32)
-    mean, std = float(data.mean()), float(data.std())
+    mean, std = norm if norm is not None else (float(data.mean()), float(data.std()))
     std = std if std > 1e-6 else 1.0
     return (data - mean) / std, mean, std
 
@@ -209,67 +241,91 @@ def _iso_context(shape: tuple[int, int], factor: float, context: int) -> int:
     return min(context, guaranteed)
 
 
-def _decimated_plane(
-    planes: np.ndarray, spacing: float, rng: np.random.Generator
+def _mirror(index: np.ndarray, size: int) -> np.ndarray:
+    """Indices reflected into ``0 .. size-1`` at both ends (``-1 -> 1``, ``size -> size-2``)."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.abs(index) % period
+    return np.where(index > size - 1, period - index, index)
+
+
+def _decimated_planes(
+    planes: np.ndarray, spacing: float, neighbours: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random plane, randomly transposed and mirrored, and its rows kept every ``spacing``
-    pixels from a random phase (``round(s + k * spacing)``)."""
-    plane = planes[rng.integers(len(planes))]
+    """A random plane with its ``neighbours`` planes on each side, (2K+1, h, w), randomly
+    transposed and mirrored (in-plane and in the order of the planes), and the rows kept
+    every ``spacing`` pixels from a random phase (``round(s + k * spacing)``)."""
+    z = rng.integers(len(planes))
+    stack = planes[_mirror(z + np.arange(-neighbours, neighbours + 1), len(planes))]
     if rng.random() < 0.5:
-        plane = plane.T
+        stack = stack.transpose(0, 2, 1)
     if rng.random() < 0.5:
-        plane = plane[::-1]
+        stack = stack[:, ::-1]
     if rng.random() < 0.5:
-        plane = plane[:, ::-1]
-    height = plane.shape[0]
+        stack = stack[:, :, ::-1]
+    if rng.random() < 0.5:
+        stack = stack[::-1]
+    height = stack.shape[1]
     kept = np.round(rng.uniform(0, spacing) + spacing * np.arange(height)).astype(int)
-    return plane, kept[kept <= height - 1]
+    return stack, kept[kept <= height - 1]
 
 
 def _iso_sample(
-    planes: np.ndarray, factor: float, rows: int, patch: int, rng: np.random.Generator
+    planes: np.ndarray,
+    factor: float,
+    neighbours: int,
+    rows: int,
+    patch: int,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, ...]:
-    """One training patch: decimated rows, bracket indices/fractions, cubic base, target."""
-    plane, kept = _decimated_plane(planes, factor, rng)
-    width = plane.shape[1]
+    """One training patch: decimated rows of the plane and its neighbours, bracket
+    indices/fractions, cubic base, target."""
+    stack, kept = _decimated_planes(planes, factor, neighbours, rng)
+    width = stack.shape[2]
     k0 = rng.integers(0, len(kept) - rows + 1)
     c0 = rng.integers(0, width - patch + 1)
-    block = np.ascontiguousarray(plane[:, c0 : c0 + patch])
+    block = np.ascontiguousarray(stack[:, :, c0 : c0 + patch])
+    plane = block[neighbours]
     local = kept[k0 : k0 + rows]
     margin = 1 if rows >= 4 else 0
     n_target = int(np.floor(factor * (rows - 1 - 2 * margin)))
     targets = local[margin] + np.arange(n_target)
-    base = CubicSpline(kept, block[kept], axis=0, bc_type="natural")(targets)
+    base = CubicSpline(kept, plane[kept], axis=0, bc_type="natural")(targets)
     index, frac = _bracket(targets, local)
-    return block[local], index, frac, base.astype(np.float32), block[targets]
+    return block[:, local], index, frac, base.astype(np.float32), plane[targets]
 
 
 def _gap_sample(
     planes: np.ndarray,
     spacing: float,
+    neighbours: int,
     run: int,
     context: int,
     patch: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, ...]:
-    """One gap-filling patch: rows every ``spacing`` px, ``run`` consecutive ones removed.
+    """One gap-filling patch: rows every ``spacing`` px, ``run`` consecutive ones removed
+    (from the plane and its neighbours alike, as a missing slice is missing from every plane).
 
     The kept rows are ``context`` on each side of the gap; the targets are the removed rows.
     Positions are in units of kept rows (the gap is one unit), as `_decode_planes` sees them.
     """
-    plane, kept = _decimated_plane(planes, spacing, rng)
-    width = plane.shape[1]
+    stack, kept = _decimated_planes(planes, spacing, neighbours, rng)
+    width = stack.shape[2]
     k0 = rng.integers(0, len(kept) - (2 * context + run) + 1)
     window = kept[k0 : k0 + 2 * context + run]
     local = np.concatenate([window[:context], window[context + run :]])
     c0 = rng.integers(0, width - patch + 1)
-    block = np.ascontiguousarray(plane[:, c0 : c0 + patch])
+    block = np.ascontiguousarray(stack[:, :, c0 : c0 + patch])
+    plane = block[neighbours]
     index = np.full(run, context - 1)
     frac = ((np.arange(run) + 1) / (run + 1)).astype(np.float32)
-    base = CubicSpline(np.arange(2 * context), block[local], axis=0, bc_type="natural")(
+    base = CubicSpline(np.arange(2 * context), plane[local], axis=0, bc_type="natural")(
         index + frac
     )
-    return block[local], index, frac, base.astype(np.float32), block[window[context:-context]]
+    targets = plane[window[context:-context]]
+    return block[:, local], index, frac, base.astype(np.float32), targets
 
 
 def _sr_sample(
@@ -299,7 +355,8 @@ def _sr_sample(
     crop_rows = slice(ri[1], ri[1] + ri[2])
     crop_cols = slice(ci[1], ci[1] + ci[2])
     window = (slice(r0, r0 + patch), slice(c0, c0 + patch))
-    return small[crop_rows, crop_cols], (ri[0], ci[0]), (rf, cf), base[window], plane[window]
+    low = small[None, crop_rows, crop_cols]
+    return low, (ri[0], ci[0]), (rf, cf), base[window], plane[window]
 
 
 def _sr_positions(n_small: int, n_large: int) -> np.ndarray:
@@ -338,6 +395,7 @@ def _train(
     sampler,
     training: Training,
     device: torch.device,
+    spacing: float = 1.0,
 ) -> LearnedModel:
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
@@ -346,9 +404,10 @@ def _train(
     losses: list[float] = []
     start = time.perf_counter()
     budget = training.time_budget
-    for step in track(range(training.steps), f"{kind}: training ({device.type})"):
+    steps = training.steps or DEFAULT_STEPS[kind]
+    for step in track(range(steps), f"{kind}: training ({device.type})"):
         elapsed = time.perf_counter() - start
-        progress = step / training.steps
+        progress = step / steps
         if budget is not None:
             if elapsed >= budget:
                 break
@@ -363,12 +422,12 @@ def _train(
         losses.append(float(loss.detach()))
     net.eval()
     return LearnedModel(
-        kind, factor, training.architecture, net, losses, time.perf_counter() - start
+        kind, factor, training.architecture, net, spacing, losses, time.perf_counter() - start
     )
 
 
 def _loss(kind: str, net: LocalImplicitNet, samples: list, device: torch.device) -> torch.Tensor:
-    low = _to_tensor([s[0] for s in samples], device)[:, None]
+    low = _to_tensor([s[0] for s in samples], device)
     base = _to_tensor([s[3] for s in samples], device)
     target = _to_tensor([s[4] for s in samples], device)
     if kind == "iso":
@@ -391,22 +450,33 @@ def _loss(kind: str, net: LocalImplicitNet, samples: list, device: torch.device)
     return torch.nn.functional.l1_loss(predicted, target)
 
 
-def train_iso(stack: np.ndarray, factor: float, training: Training = Training()) -> LearnedModel:
-    """Learn z upsampling by ``factor`` from the XY planes of ``stack`` (z, y, x)."""
+def train_iso(
+    stack: np.ndarray,
+    factor: float,
+    training: Training = Training(),
+    norm: tuple[float, float] | None = None,
+) -> LearnedModel:
+    """Learn z upsampling by ``factor`` from the XY planes of ``stack`` (z, y, x); ``norm``
+    fixes the intensity normalisation (`LearnedModel.norm`), e.g. to a whole volume's when
+    ``stack`` is a sample of it."""
     _check_stack(stack)
     if not np.isfinite(factor) or factor <= 1:
         raise VemvizError(f"learned isotropic reconstruction needs a factor > 1, got {factor}")
     device = resolve_device(training.device)
-    planes, _, _ = _normalise(stack)
+    planes, _, _ = _normalise(stack, norm)
     rows = _iso_context(stack.shape[1:], factor, training.context)
     patch = min(training.patch, *stack.shape[1:])
     if patch < 12:
         raise VemvizError("learned isotropic reconstruction needs slices of at least 12 x 12 px")
 
-    def sampler(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        return _iso_sample(planes, factor, rows, patch, rng)
+    neighbours = training.architecture.neighbours
 
-    return _train("iso", factor, sampler, training, device)
+    def sampler(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        return _iso_sample(planes, factor, neighbours, rows, patch, rng)
+
+    model = _train("iso", factor, sampler, training, device, spacing=factor)
+    model.norm = norm
+    return model
 
 
 def train_gap(
@@ -432,19 +502,27 @@ def train_gap(
             f"{run} missing slice(s) at a z/xy ratio of {spacing:g}"
         )
 
+    neighbours = training.architecture.neighbours
+
     def sampler(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        return _gap_sample(planes, spacing, run, context, patch, rng)
+        return _gap_sample(planes, spacing, neighbours, run, context, patch, rng)
 
-    return _train("iso", spacing * (run + 1), sampler, training, device)
+    return _train("iso", spacing * (run + 1), sampler, training, device, spacing=spacing)
 
 
-def train_sr(stack: np.ndarray, scale: float, training: Training = Training()) -> LearnedModel:
-    """Learn lateral upscaling by ``scale`` from the slices of ``stack`` downsampled by it."""
+def train_sr(
+    stack: np.ndarray,
+    scale: float,
+    training: Training = Training(),
+    norm: tuple[float, float] | None = None,
+) -> LearnedModel:
+    """Learn lateral upscaling by ``scale`` from the slices of ``stack`` downsampled by it
+    (``norm`` as in `train_iso`)."""
     _check_stack(stack)
     if not np.isfinite(scale) or scale <= 1:
         raise VemvizError(f"learned super-resolution needs a scale > 1, got {scale}")
     device = resolve_device(training.device)
-    slices, _, _ = _normalise(stack)
+    slices, _, _ = _normalise(stack, norm)
     patch = min(training.patch, min(stack.shape[1:]) - 2 * math.ceil(scale) + 2)
     if min(stack.shape[1:]) / scale < 4:
         raise VemvizError(
@@ -455,7 +533,11 @@ def train_sr(stack: np.ndarray, scale: float, training: Training = Training()) -
     def sampler(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         return _sr_sample(slices, scale, patch, rng)
 
-    return _train("sr", scale, sampler, training, device)
+    # a slice's neighbours in z have no counterpart in its downsampled training copies
+    training = replace(training, architecture=replace(training.architecture, neighbours=0))
+    model = _train("sr", scale, sampler, training, device)
+    model.norm = norm
+    return model
 
 
 def _check_stack(stack: np.ndarray) -> None:
@@ -477,21 +559,31 @@ def _planes_batch(voxels_per_plane: int) -> int:
     return max(1, 2_000_000 // max(1, voxels_per_plane))
 
 
+def neighbour_offsets(model: LearnedModel) -> np.ndarray:
+    """In-plane offsets (pixels) of the neighbour planes an iso model reads: round(k spacing)."""
+    k = model.architecture.neighbours
+    return np.round(np.arange(-k, k + 1) * model.spacing).astype(int)
+
+
 @torch.no_grad()
 def _decode_planes(
     model: LearnedModel, planes: np.ndarray, positions: np.ndarray, description: str
 ) -> np.ndarray:
-    """Upsample the rows of ``planes`` (n, rows, cols), normalised, to ``positions``."""
+    """Upsample the rows of ``planes`` (n, rows, cols), normalised, to ``positions``; plane
+    ``i`` is decoded with planes ``i + neighbour_offsets`` (mirrored at the ends) beside it."""
     device = _device_of(model)
     n_rows = planes.shape[1]
     index, frac = _bracket(positions, np.arange(n_rows, dtype=np.float64))
     rows = (torch.as_tensor(index, device=device), torch.as_tensor(frac, device=device))
+    offsets = neighbour_offsets(model)
     out = np.empty((len(planes), len(positions), planes.shape[2]), dtype=np.float32)
     step = _planes_batch(len(positions) * planes.shape[2])
     for p0 in track(range(0, len(planes), step), description):
+        ids = np.arange(p0, min(p0 + step, len(planes)))
         block = planes[p0 : p0 + step]
         base = CubicSpline(np.arange(n_rows), block, axis=1, bc_type="natural")(positions)
-        low = torch.as_tensor(np.ascontiguousarray(block), device=device)[:, None]
+        stacks = planes[_mirror(ids[:, None] + offsets, len(planes))]
+        low = torch.as_tensor(np.ascontiguousarray(stacks), device=device)
         residual = model.net(low, rows)[:, 0].cpu().numpy()
         out[p0 : p0 + step] = base + residual
     return out
@@ -509,7 +601,7 @@ def reconstruct_iso(
     _check_stack(stack)
     if stack.shape[0] < 2:
         raise VemvizError("isotropic reconstruction needs at least 2 z slices")
-    data, mean, std = _normalise(stack)
+    data, mean, std = _normalise(stack, model.norm)
     xz = _decode_planes(model, data.transpose(1, 0, 2), positions, "iso: inr XZ planes")
     yz = _decode_planes(model, data.transpose(2, 0, 1), positions, "iso: inr YZ planes")
     xz, yz = xz.transpose(1, 0, 2), yz.transpose(1, 2, 0)
@@ -523,7 +615,7 @@ def upscale_sr(model: LearnedModel, stack: np.ndarray, shape: tuple[int, int]) -
     _check_model(model, "sr")
     _check_stack(stack)
     device = _device_of(model)
-    data, mean, std = _normalise(stack)
+    data, mean, std = _normalise(stack, model.norm)
     axes = []
     for n_small, n_large in zip(stack.shape[1:], shape, strict=True):
         index, frac = _bracket(
@@ -541,6 +633,17 @@ def upscale_sr(model: LearnedModel, stack: np.ndarray, shape: tuple[int, int]) -
     return out
 
 
+def training_report(model: LearnedModel) -> dict:
+    """What a report says of a model's training (nothing of it for a loaded model)."""
+    losses = model.losses
+    return {
+        "model_factor": model.factor,
+        "training_steps": len(losses),
+        "training_seconds": round(model.seconds, 2),
+        "training_loss_first_last": [losses[0], losses[-1]] if losses else None,
+    }
+
+
 def _check_model(model: LearnedModel, kind: str) -> None:
     if model.kind != kind:
         raise VemvizError(f"this model was trained for {model.kind!r}, not {kind!r}")
@@ -555,6 +658,7 @@ def save_model(model: LearnedModel, path: str | Path) -> None:
         "format": "vemviz-inr-1",
         "kind": model.kind,
         "factor": model.factor,
+        "spacing": model.spacing,
         "architecture": asdict(model.architecture),
         "state": {k: v.cpu() for k, v in model.net.state_dict().items()},
     }
@@ -573,9 +677,10 @@ def load_model(path: str | Path, kind: str, device: str = "auto") -> LearnedMode
         raise VemvizError(f"{path} is not a vemviz model file ({error})") from error
     if not isinstance(payload, dict) or payload.get("format") != "vemviz-inr-1":
         raise VemvizError(f"{path} is not a vemviz model file")
-    arch = Architecture(**payload["architecture"])
+    arch = Architecture(**{"neighbours": 0, **payload["architecture"]})  # files before neighbours
     net = LocalImplicitNet(1 if payload["kind"] == "iso" else 2, arch)
-    model = LearnedModel(payload["kind"], float(payload["factor"]), arch, net)
+    spacing = float(payload.get("spacing", 1.0))
+    model = LearnedModel(payload["kind"], float(payload["factor"]), arch, net, spacing)
     _check_model(model, kind)
     model.net.load_state_dict(payload["state"])
     model.net.to(resolve_device(device)).eval()

@@ -18,7 +18,8 @@ Methods:
   to the slices beyond, and blended with occlusion-aware weights. It follows structures that
   move between sections instead of cross-fading them, and scores best of the three on FlyEM.
 - ``inr``: a self-supervised local implicit function (`vemviz.inr`): trained on the volume's own
-  XY planes decimated along one in-plane axis, applied to its XZ and YZ planes and the two passes
+  XY planes decimated along one in-plane axis (with their neighbour planes along z), applied to
+  its XZ and YZ planes (with their neighbour planes F pixels apart) and the two passes
   averaged, as a residual over the cubic spline; the result is then averaged with the ``flow``
   interpolation (their errors are partly independent: on FlyEM x8 this fusion scored +0.28 dB
   and +0.017 SSIM over the network alone). It also returns a per-voxel uncertainty (half the
@@ -26,8 +27,8 @@ Methods:
 
 Measured on FlyEM (250^3, 10 nm), keeping every F-th slice and scoring the synthesized slices
 (PSNR / mean SSIM, data range 255): x4 linear 28.11 / 0.759, cubic 28.12 / 0.760,
-flow 29.03 / 0.797, inr 29.53 / 0.811; x8 linear 24.33 / 0.598, cubic 24.03 / 0.590,
-flow 25.05 / 0.652, inr 25.63 / 0.676 (inr: 3000 training steps, about 70 s on a 2-core CPU;
+flow 29.03 / 0.797, inr 29.59 / 0.812; x8 linear 24.33 / 0.598, cubic 24.03 / 0.590,
+flow 25.05 / 0.652, inr 25.75 / 0.679 (inr: 6000 training steps, about 150 s on a 2-core CPU;
 `scripts/benchmark.py iso`).
 """
 

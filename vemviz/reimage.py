@@ -401,7 +401,7 @@ def refit_sr(
     size -= size % scale
     stack = np.stack([t[:size, :size] for t in tiles])
     training = training or inr.Training()
-    training = replace(training, steps=min(training.steps, REFIT_STEPS))
+    training = replace(training, steps=min(training.steps or REFIT_STEPS, REFIT_STEPS))
     model = inr.train_sr(stack, scale, training)
     return sr_mod.super_resolve(low, scale, "learned", model=model)[0]
 

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--time-budget", type=float, default=inr.Training().time_budget,
                         help="inr training seconds")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=inr.Training().steps,
+    parser.add_argument("--steps", type=int, default=inr.DEFAULT_STEPS["iso"],
                         help="inr training steps (the time budget may stop it first)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vnc", action="store_true", help="skip the VNC stack")
