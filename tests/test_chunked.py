@@ -66,6 +66,55 @@ def test_chunked_equals_in_memory(phantom, source, tmp_path, stage, reference) -
     assert out.voxel_size_nm == pytest.approx(want.voxel_size_nm, rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["iso", "sr"])
+def test_learned_blocks_equal_the_model_in_memory(phantom, source, tmp_path, kind) -> None:
+    """A learned stage trains once (on the central slab) and can save that model; blocks
+    applying a model equal it applied to the whole volume with the volume's normalisation."""
+    import torch
+
+    from vemviz import inr
+    from vemviz.blockwise import Learned, _with_volume_norm
+    from vemviz.chunked import Runner
+    from vemviz.iso import reconstruct_z
+    from vemviz.sr import super_resolve
+
+    kind_method = "inr" if kind == "iso" else "learned"
+
+    def stage(learned: Learned):
+        if kind == "iso":
+            return IsoBlocks(2.0, kind_method, learned)
+        return SrBlocks(2.0, kind_method, learned=learned)
+    arch = inr.Architecture(channels=8, blocks=2, hidden=8, neighbours=1)
+    training = inr.Training(steps=5, time_budget=None, batch=4, patch=24, device="cpu",
+                            architecture=arch)  # fmt: skip
+    saved = tmp_path / "model.pt"
+    learned = Learned(save_model=str(saved), training=training)
+    trained = run_chunked(stage(learned), source, tmp_path / "t.ome.zarr", block=BLOCK, workers=2)
+    assert trained["training_steps"] == 5 and trained["method"] == kind_method
+    # a model whose residual is far from zero, so that every block edge would show
+    model = inr.load_model(saved, kind, "cpu")
+    with torch.no_grad():
+        for weight in model.net.parameters():
+            weight.add_(0.2 * torch.randn_like(weight, generator=torch.Generator().manual_seed(0)))
+    inr.save_model(model, saved)
+    out = tmp_path / "out.ome.zarr"
+    report = run_chunked(stage(Learned(model=str(saved))), source, out, block=BLOCK, workers=2)
+    assert report["blocks"] > 1 and "training_steps" not in report
+    got = vemviz.read_volume(out).numpy()
+    model.norm = _with_volume_norm(Learned(), source, Runner(workers=1)).norm
+    data = phantom.raw.numpy()
+    if kind == "iso":
+        want = reconstruct_z(data, 2.0, "inr", model=model).data
+        classical = stages.iso(phantom.raw, factor=2, method="cubic")[0].numpy()
+    else:
+        want = super_resolve(data, 2.0, "learned", model=model)[0]
+        classical = stages.sr(phantom.raw, scale=2)[0].numpy()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    differ = got != want  # float summation order may move a value across a rounding edge
+    assert np.abs(got.astype(int) - want).max() <= 1 and differ.mean() < 1e-3
+    assert np.abs(want.astype(int) - classical).mean() > 2  # the network's share is large
+
+
 def test_cubic_iso_float_within_tolerance(phantom, tmp_path) -> None:
     floats = phantom.raw.with_data(phantom.raw.numpy().astype(np.float32) / 255)
     want = stages.iso(floats, factor=2, method="cubic")[0].numpy()
@@ -179,6 +228,31 @@ def test_cli_routes_large_inputs_to_blocks(phantom, source, tmp_path) -> None:
     np.testing.assert_array_equal(vemviz.read_volume(out).numpy(), want)
     tif = tmp_path / "iso.tif"
     assert main([*args[:3], str(tif), *args[4:]]) == 2
+
+
+def test_cli_runs_learned_methods_by_blocks(phantom, tmp_path, capsys) -> None:
+    # float64 (3 MB): above the 2 MiB budget, whose 4x still holds two whole-plane blocks
+    source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))
+    path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
+    budget = ["--memory-budget", "2MiB", "--device", "cpu", "--time-budget", "1"]
+    out, weights, report = tmp_path / "iso.ome.zarr", tmp_path / "iso.pt", tmp_path / "r.json"
+    args = ["iso", path, "--out", str(out), "--factor", "2", "--method", "inr", *budget,
+            "--save-model", str(weights), "--report", str(report)]  # fmt: skip
+    assert main(args) == 0
+    written = json.loads(report.read_text())
+    assert written["blocks"] > 1 and written["training_steps"] > 0 and weights.is_file()
+    assert vemviz.read_volume(out).shape == (47, *source.shape[1:])
+    sr_out = tmp_path / "sr.ome.zarr"
+    assert main(["sr", path, "--out", str(sr_out), "--scale", "2", "--method", "learned",
+                 *budget]) == 0  # fmt: skip
+    assert vemviz.read_volume(sr_out).shape == (source.shape[0], 256, 256)
+    bad = tmp_path / "bad.ome.zarr"
+    assert main([*args[:3], str(bad), *args[4:8], *budget, "--uncertainty", "u.tif"]) == 2
+    assert "only for volumes that fit in memory" in capsys.readouterr().err
+    assert main(["sr", path, "--out", str(bad), "--scale", "2", "--model", str(weights),
+                 "--method", "learned", *budget]) == 2  # fmt: skip
+    assert "trained for 'iso', not 'sr'" in capsys.readouterr().err
+    assert not bad.exists()
 
 
 def test_distributed_local_cluster(phantom, source, tmp_path) -> None:

@@ -16,9 +16,17 @@ halo is what makes block results equal to whole-volume results:
   halo make blocks agree to ~1e-9 of the range. Blocks start at output slices that sit on
   input slices (multiples of ``p`` for ``F = p/q``). Flow needs whole planes; linear and cubic
   act per pixel column, so their blocks tile y and x too.
+  ``inr`` blocks are slabs of whole planes too (its XZ and YZ planes, and the flow half); they
+  read ``_INR_HALO`` more slices than cubic's on each side, beyond the network's reach along z.
 - sr (`sr.upscale_xy`): bicubic upscaling by an integer scale reads 4 x 4 input pixels, so 4
-  pixels of y/x halo suffice; it clips to the input's value range, so each block carries one
-  extra guard slice holding the whole volume's minimum and maximum, removed afterwards.
+  pixels of y/x halo suffice (``learned``: `_LEARNED_SR_HALO`, the network's reach); it clips
+  to the input's value range, so each block carries one extra guard slice holding the whole
+  volume's minimum and maximum, removed afterwards.
+- learned iso and sr (`Learned`): one model for all blocks. It is the given ``--model`` or is
+  trained once, before the blocks, on a central slab of the volume (`training_slab`), and is
+  kept in the work folder, so a resumed run applies the same one. Every block is normalised
+  with the whole volume's intensity mean and standard deviation (streamed once), not its own,
+  so blocks equal the in-memory result of the same model with the same normalisation.
 - align's apply step (`align.apply_transforms`): z slabs of whole sections with their slice of
   the transforms (a warp can move any pixel anywhere in its section).
 - segment (`segment.segment`): instance labels need one numbering across blocks. Each block is
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -73,6 +82,7 @@ from vemviz.chunked import (
     read_box,
     read_region,
     region_of,
+    run_blocks,
     write_block,
     write_levels,
 )  # fmt: skip
@@ -81,6 +91,11 @@ from vemviz.volume import Volume, VoxelSize
 
 _CUBIC_HALO = 16
 _SR_HALO = 4
+# learned iso: input slices beyond cubic's halo (the encoder reaches 9 rows, the decoder one more)
+_INR_HALO = 10
+_LEARNED_SR_HALO = 12  # learned sr: the encoder's 9 low-resolution pixels, bracketing, bicubic
+TRAINING_SLAB_VOXELS = 2**24  # what a learned block stage trains on (64 MiB as float32)
+TRAINING_SLAB_SIDE = 1024
 
 
 def _box(z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> Box:
@@ -164,6 +179,93 @@ class InpaintBlocks(BlockStage):
         return filled[_local(box, region_box)]
 
 
+# --- learned stages: one model, trained once, applied by blocks ------------------------
+
+
+@dataclass(frozen=True)
+class Learned:
+    """How a learned block stage gets its model: ``model`` (a saved file), or training with
+    ``training`` (`vemviz.inr.Training`; default settings when None) on `training_slab`;
+    ``save_model`` keeps a copy. Filled in during a run: ``norm``, the whole volume's intensity
+    mean and std (`prepare`), and ``model_file``, the model the blocks load (`execute`)."""
+
+    model: str | None = None
+    save_model: str | None = None
+    training: Any = None
+    norm: tuple[float, float] | None = None
+    model_file: str | None = None
+
+    def device(self) -> str:
+        return "auto" if self.training is None else self.training.device
+
+
+def training_slab(volume: Volume) -> np.ndarray:
+    """The central slab a learned stage trains on: the middle slices of the central
+    `TRAINING_SLAB_SIDE` px square, as many as fit `TRAINING_SLAB_VOXELS` (at least 8)."""
+    n_z, n_y, n_x = volume.shape
+    side_y, side_x = min(n_y, TRAINING_SLAB_SIDE), min(n_x, TRAINING_SLAB_SIDE)
+    depth = min(n_z, max(8, TRAINING_SLAB_VOXELS // (side_y * side_x)))
+    z0, y0, x0 = (n_z - depth) // 2, (n_y - side_y) // 2, (n_x - side_x) // 2
+    return np.asarray(lazy(volume)[z0 : z0 + depth, y0 : y0 + side_y, x0 : x0 + side_x])
+
+
+def _with_volume_norm(learned: Learned, volume: Volume, runner: Runner) -> Learned:
+    data = lazy(volume).astype(np.float32)
+    mean, std = runner.compute(data.mean(), data.std())
+    return replace(learned, norm=(float(mean), float(std)))
+
+
+def _provide_model(
+    learned: Learned, kind: str, factor: float, volume: Volume, work: Work
+) -> tuple[Learned, dict[str, Any]]:
+    """``learned`` with ``model_file`` set to the work folder's model (written on the first
+    run: the given model, or one trained on `training_slab`), and the training report."""
+    from vemviz import inr
+    from vemviz.io.atomic import atomic_path
+
+    path = work.root / "model.pt"
+    report: dict[str, Any] = {}
+    if not path.is_file():
+        if learned.model is not None:
+            model = inr.load_model(learned.model, kind, "cpu")
+        else:
+            train = inr.train_iso if kind == "iso" else inr.train_sr
+            training = learned.training or inr.Training()
+            model = train(training_slab(volume), factor, training, norm=learned.norm)
+            report = inr.training_report(model)
+        inr.save_model(model, path)
+    if learned.save_model is not None:
+        with atomic_path(learned.save_model) as temp:
+            shutil.copyfile(path, temp)
+        report["saved_model"] = learned.save_model
+    return replace(learned, model_file=str(path)), report
+
+
+def _execute_learned(
+    stage: Any, kind: str, factor: float, volume: Volume, work: Work, grid: Grid, runner: Runner
+) -> int:
+    """Run the blocks of a learned ``stage`` with the work folder's model; its training
+    report goes to ``stage.trained``."""
+    learned, trained = _provide_model(stage.learned, kind, factor, volume, work)
+    object.__setattr__(stage, "trained", trained)
+    return run_blocks(replace(stage, learned=learned), volume, work, grid, runner)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(path: str, kind: str, device: str) -> Any:
+    from vemviz import inr
+
+    return inr.load_model(path, kind, device)
+
+
+def _applied_model(learned: Learned, kind: str) -> Any:
+    """The work folder's model (loaded once per process) with the volume's normalisation."""
+    assert learned.model_file is not None, "execute() sets the model file"
+    model = _load_model(learned.model_file, kind, learned.device())
+    model.norm = learned.norm
+    return model
+
+
 # --- iso --------------------------------------------------------------------------------
 
 
@@ -181,6 +283,8 @@ def _fraction(value: float, limit: int, what: str) -> Fraction:
 class IsoBlocks(BlockStage):
     factor: float = 2.0
     method: str = "flow"
+    learned: Learned = field(default_factory=Learned)
+    trained: dict[str, Any] = field(default_factory=dict, compare=False)
     name = "iso"
 
     def __post_init__(self) -> None:
@@ -190,17 +294,31 @@ class IsoBlocks(BlockStage):
 
     @property
     def full_planes(self) -> bool:  # type: ignore[override]
-        return self.method == "flow"
+        return self.method in ("flow", "inr")
 
     @property
     def bytes_per_voxel(self) -> float:  # type: ignore[override]
-        """Linear: float32 blend + output; cubic: spline coefficients; flow: float output."""
-        return {"linear": 8.0, "cubic": 24.0}.get(self.method, 12.0)
+        """Linear: float32 blend + output; cubic: spline coefficients; flow: float output;
+        inr: the normalised slab, its XZ and YZ passes and their cubic bases, the flow half."""
+        return {"linear": 8.0, "cubic": 24.0, "inr": 40.0}.get(self.method, 12.0)
 
     @property
     def bytes_per_plane_pixel(self) -> float:  # type: ignore[override]
         """Flow: up to three pairs of flows with their confidences and bends (measured)."""
-        return 160.0 if self.method == "flow" else 0.0
+        return 160.0 if self.method in ("flow", "inr") else 0.0
+
+    def prepare(self, volume: Volume, runner: Runner) -> IsoBlocks:
+        if self.method != "inr":
+            return self
+        return replace(self, learned=_with_volume_norm(self.learned, volume, runner))
+
+    def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
+        if self.method != "inr":
+            return super().execute(volume, work, grid, runner)
+        return _execute_learned(self, "iso", self.factor, volume, work, grid, runner)
+
+    def report(self) -> dict[str, Any]:
+        return {"method": self.method, **self.trained}
 
     @property
     def _pq(self) -> tuple[int, int]:
@@ -222,7 +340,10 @@ class IsoBlocks(BlockStage):
         k0, k1 = _span(box[0])
         first = k0 * q // p
         last = min(math.floor((k1 - 1) / self.factor) + 1, n_z - 1)
-        halo = {"cubic": q * math.ceil(_CUBIC_HALO / q), "flow": q}.get(self.method, 0)
+        cubic = q * math.ceil(_CUBIC_HALO / q)
+        halo = {"cubic": cubic, "flow": q, "inr": cubic + q * math.ceil(_INR_HALO / q)}.get(
+            self.method, 0
+        )
         low, high = max(first - halo, 0), min(last + 1 + halo, n_z)
         if high - low < 2:
             low = (max(high - 2, 0) // q) * q
@@ -230,7 +351,8 @@ class IsoBlocks(BlockStage):
 
     def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
         p, q = self._pq
-        out = iso_mod.interpolate_z(region, self.factor, method=self.method)
+        model = _applied_model(self.learned, "iso") if self.method == "inr" else None
+        out = iso_mod.reconstruct_z(region, self.factor, self.method, model=model).data
         start = box[0].start - region_box[0].start * p // q
         return out[start : start + box[0].stop - box[0].start]
 
@@ -243,8 +365,9 @@ class SrBlocks(BlockStage):
     scale: float = 2.0
     method: str = "bicubic"
     value_range: tuple[float, float] | None = None
+    learned: Learned = field(default_factory=Learned)
+    trained: dict[str, Any] = field(default_factory=dict, compare=False)
     name = "sr"
-    bytes_per_voxel = 16.0
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.scale) or self.scale < 1 or self.scale != round(self.scale):
@@ -256,13 +379,36 @@ class SrBlocks(BlockStage):
     def _s(self) -> int:
         return int(self.scale)
 
+    @property
+    def bytes_per_voxel(self) -> float:  # type: ignore[override]
+        """Bicubic: float32 copies; learned: also the residual and the normalised slices."""
+        return 24.0 if self.method == "learned" else 16.0
+
+    @property
+    def _halo(self) -> int:
+        return _LEARNED_SR_HALO if self.method == "learned" else _SR_HALO
+
     def prepare(self, volume: Volume, runner: Runner) -> SrBlocks:
         data = lazy(volume)
         low, high = runner.compute(data.min(), data.max())
-        return replace(self, value_range=(float(low), float(high)))
+        stage = replace(self, value_range=(float(low), float(high)))
+        if self.method != "learned":
+            return stage
+        return replace(stage, learned=_with_volume_norm(self.learned, volume, runner))
+
+    def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
+        if self.method != "learned":
+            return super().execute(volume, work, grid, runner)
+        return _execute_learned(self, "sr", self.scale, volume, work, grid, runner)
+
+    def report(self) -> dict[str, Any]:
+        return {"method": self.method, **self.trained}
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": self.name, "scale": self.scale, "method": self.method}
+        plan = {"stage": self.name, "scale": self.scale, "method": self.method}
+        if self.method == "learned":
+            plan["learned"] = BlockStage.describe(self)["learned"]
+        return plan
 
     def out_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return (shape[0], shape[1] * self._s, shape[2] * self._s)
@@ -276,7 +422,7 @@ class SrBlocks(BlockStage):
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
         s = self._s
         spans = [
-            (max(b.start // s - _SR_HALO, 0), min(math.ceil(b.stop / s) + _SR_HALO, n))
+            (max(b.start // s - self._halo, 0), min(math.ceil(b.stop / s) + self._halo, n))
             for b, n in zip(box[1:], in_shape[1:], strict=True)
         ]
         return _box(_span(box[0]), *spans)
@@ -285,7 +431,9 @@ class SrBlocks(BlockStage):
         assert self.value_range is not None, "prepare() sets the value range"
         guard = np.full((1, *region.shape[1:]), self.value_range[0], dtype=region.dtype)
         guard[0, 0, 0] = self.value_range[1]
-        out = sr_mod.upscale_xy(np.concatenate([region, guard]), self.scale, self.method)[:-1]
+        model = _applied_model(self.learned, "sr") if self.method == "learned" else None
+        stack = np.concatenate([region, guard])
+        out = sr_mod.super_resolve(stack, self.scale, self.method, model=model)[0][:-1]
         s = self._s
         y0, x0 = (b.start - r.start * s for b, r in zip(box[1:], region_box[1:], strict=True))
         return out[:, y0 : y0 + box[1].stop - box[1].start, x0 : x0 + box[2].stop - box[2].start]

@@ -177,26 +177,26 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
 def cmd_iso(args: argparse.Namespace) -> None:
     volume = _read(args)
-    chunkable = args.method != "inr" and args.factor is not None
-    if chunkable and _chunked(args, volume, lambda: blockwise.IsoBlocks(args.factor, args.method)):
-        return
-    out, report = stages.iso(
-        volume, factor=args.factor, out_voxel_size=args.out_voxel_size, method=args.method,
+    options = dict(
+        factor=args.factor, out_voxel_size=args.out_voxel_size, method=args.method,
         time_budget=args.time_budget, device=args.device, seed=args.seed, model=args.model,
         save_model=args.save_model, uncertainty=args.uncertainty,
     )  # fmt: skip
+    if _chunked(args, volume, lambda: stages.iso_blocks(volume, **options)):
+        return
+    out, report = stages.iso(volume, **options)
     _finish(args, out, report)
 
 
 def cmd_sr(args: argparse.Namespace) -> None:
     volume = _read(args)
-    chunkable = args.method != "learned"
-    if chunkable and _chunked(args, volume, lambda: blockwise.SrBlocks(args.scale, args.method)):
-        return
-    out, report = stages.sr(
-        volume, scale=args.scale, method=args.method, time_budget=args.time_budget,
-        device=args.device, seed=args.seed, model=args.model, save_model=args.save_model,
+    options = dict(
+        scale=args.scale, method=args.method, time_budget=args.time_budget, device=args.device,
+        seed=args.seed, model=args.model, save_model=args.save_model,
     )  # fmt: skip
+    if _chunked(args, volume, lambda: stages.sr_blocks(volume, **options)):
+        return
+    out, report = stages.sr(volume, **options)
     _finish(args, out, report)
 
 

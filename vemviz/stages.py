@@ -159,17 +159,12 @@ def _learned_model(path: str | Path | None, kind: str, device: str, factor: floa
 
 def _learned_report(model: Any, save_model: str | Path | None) -> Report:
     from vemviz.inr import save_model as save
+    from vemviz.inr import training_report
 
     if save_model is not None:
         save(model, Path(save_model))
-    losses = model.losses
-    return {
-        "model_factor": model.factor,
-        "training_steps": len(losses),
-        "training_seconds": round(model.seconds, 2),
-        "training_loss_first_last": [losses[0], losses[-1]] if losses else None,
-        "saved_model": None if save_model is None else str(save_model),
-    }
+    saved = None if save_model is None else str(save_model)
+    return {**training_report(model), "saved_model": saved}
 
 
 def iso(
@@ -189,12 +184,7 @@ def iso(
     input slice i). ``inr`` trains on the volume (or uses ``model``) and can save its weights
     and write its per-voxel uncertainty volume."""
     voxel = volume.require_voxel_size("isotropic reconstruction")
-    if (factor is None) == (out_voxel_size is None):
-        raise VemvizError("give exactly one of --factor and --out-voxel-size")
-    if out_voxel_size is not None:
-        factor = iso_mod.factor_for_spacing(voxel, out_voxel_size)
-    if method != "inr" and (model, save_model, uncertainty) != (None, None, None):
-        raise VemvizError("--model, --save-model and --uncertainty need --method inr")
+    factor = _iso_factor(volume, factor, out_voxel_size, method, (model, save_model, uncertainty))
     result = iso_mod.reconstruct_z(
         volume.numpy(), factor, method=method,
         model=_learned_model(model, "iso", device, factor),
@@ -216,6 +206,73 @@ def iso(
     return volume.with_data(result.data, out_voxel, stage="iso"), report
 
 
+def _iso_factor(
+    volume: Volume,
+    factor: float | None,
+    out_voxel_size: float | None,
+    method: str,
+    inr_options: tuple[Any, ...],
+) -> float:
+    """The z factor asked for by ``factor`` or ``out_voxel_size``; the inr-only options
+    (model, save_model, uncertainty) must be None for another method."""
+    voxel = volume.require_voxel_size("isotropic reconstruction")
+    if (factor is None) == (out_voxel_size is None):
+        raise VemvizError("give exactly one of --factor and --out-voxel-size")
+    if method != "inr" and any(option is not None for option in inr_options):
+        raise VemvizError("--model, --save-model and --uncertainty need --method inr")
+    if out_voxel_size is not None:
+        return iso_mod.factor_for_spacing(voxel, out_voxel_size)
+    return float(factor)  # type: ignore[arg-type]
+
+
+def iso_blocks(
+    volume: Volume,
+    *,
+    factor: float | None = None,
+    out_voxel_size: float | None = None,
+    method: str = "flow",
+    uncertainty: str | Path | None = None,
+    **learned: Any,
+):
+    """`iso` as a block stage (`vemviz.blockwise.IsoBlocks`) for volumes larger than memory;
+    ``learned`` takes `iso`'s inr options (time_budget, device, seed, model, save_model); the
+    inr uncertainty is written only in memory."""
+    from vemviz.blockwise import IsoBlocks
+
+    inr_options = (learned.get("model"), learned.get("save_model"), uncertainty)
+    factor = _iso_factor(volume, factor, out_voxel_size, method, inr_options)
+    if uncertainty is not None:
+        raise VemvizError(
+            "--uncertainty is written only for volumes that fit in memory; raise "
+            "--memory-budget above the volume's size, or leave --uncertainty out"
+        )
+    if method != "inr":
+        return IsoBlocks(factor, method)
+    return IsoBlocks(factor, method, _learned_blocks("iso", factor, **learned))
+
+
+def _learned_blocks(
+    kind: str,
+    factor: float,
+    *,
+    model: str | Path | None = None,
+    save_model: str | Path | None = None,
+    time_budget: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+):
+    """The model options of a learned block stage (`vemviz.blockwise.Learned`); a given model
+    is checked (its kind, and a note when it learned another factor) before any block runs."""
+    from vemviz.blockwise import Learned
+
+    _learned_model(model, kind, device, factor)
+    return Learned(
+        model=None if model is None else str(model),
+        save_model=None if save_model is None else str(save_model),
+        training=_training(time_budget, device, seed),
+    )
+
+
 def sr(
     volume: Volume,
     *,
@@ -230,8 +287,7 @@ def sr(
     """Lateral (x, y) super-resolution by ``scale``; ``learned`` trains on the volume itself
     (or uses ``model``) and can save its weights."""
     voxel = volume.require_voxel_size("super-resolution")
-    if method != "learned" and (model, save_model) != (None, None):
-        raise VemvizError("--model and --save-model need --method learned")
+    _check_sr_options(method, model, save_model)
     out, trained = sr_mod.super_resolve(
         volume.numpy(), scale, method=method,
         model=_learned_model(model, "sr", device, scale),
@@ -241,6 +297,23 @@ def sr(
     if trained is not None:
         report.update(_learned_report(trained, save_model))
     return volume.with_data(out, sr_mod.sr_voxel_size(voxel, scale), stage="sr"), report
+
+
+def _check_sr_options(method: str, model: Any, save_model: Any) -> None:
+    if method != "learned" and (model, save_model) != (None, None):
+        raise VemvizError("--model and --save-model need --method learned")
+
+
+def sr_blocks(volume: Volume, *, scale: float, method: str = "bicubic", **learned: Any):
+    """`sr` as a block stage (`vemviz.blockwise.SrBlocks`) for volumes larger than memory;
+    ``learned`` takes `sr`'s learned options (time_budget, device, seed, model, save_model)."""
+    from vemviz.blockwise import SrBlocks
+
+    volume.require_voxel_size("super-resolution")
+    _check_sr_options(method, learned.get("model"), learned.get("save_model"))
+    if method != "learned":
+        return SrBlocks(scale, method)
+    return SrBlocks(scale, method, learned=_learned_blocks("sr", scale, **learned))
 
 
 def segment(
