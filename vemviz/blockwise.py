@@ -16,8 +16,8 @@ halo is what makes block results equal to whole-volume results:
   halo make blocks agree to ~1e-9 of the range. Blocks start at output slices that sit on
   input slices (multiples of ``p`` for ``F = p/q``). Flow needs whole planes; linear and cubic
   act per pixel column, so their blocks tile y and x too.
-  ``inr`` blocks are slabs of whole planes too (its XZ and YZ planes, and the flow half); they
-  read ``_INR_HALO`` more slices than cubic's on each side, beyond the network's reach along z.
+  ``inr`` blocks are slabs of whole planes too (its XZ and YZ planes, and the flow half) with
+  cubic's halo, which is wider than the network's reach along z (`_INR_REACH`).
 - sr (`sr.upscale_xy`): bicubic upscaling by an integer scale reads 4 x 4 input pixels, so 4
   pixels of y/x halo suffice (``learned``: `_LEARNED_SR_HALO`, the network's reach); it clips
   to the input's value range, so each block carries one extra guard slice holding the whole
@@ -91,8 +91,9 @@ from vemviz.volume import Volume, VoxelSize
 
 _CUBIC_HALO = 16
 _SR_HALO = 4
-# learned iso: input slices beyond cubic's halo (the encoder reaches 9 rows, the decoder one more)
-_INR_HALO = 10
+# learned iso: input slices its network reads on each side (the encoder's 9 rows, and the
+# decoder's bracketing row); the cubic base's halo covers them
+_INR_REACH = 10
 _LEARNED_SR_HALO = 12  # learned sr: the encoder's 9 low-resolution pixels, bracketing, bicubic
 TRAINING_SLAB_VOXELS = 2**24  # what a learned block stage trains on (64 MiB as float32)
 TRAINING_SLAB_SIDE = 1024
@@ -340,10 +341,8 @@ class IsoBlocks(BlockStage):
         k0, k1 = _span(box[0])
         first = k0 * q // p
         last = min(math.floor((k1 - 1) / self.factor) + 1, n_z - 1)
-        cubic = q * math.ceil(_CUBIC_HALO / q)
-        halo = {"cubic": cubic, "flow": q, "inr": cubic + q * math.ceil(_INR_HALO / q)}.get(
-            self.method, 0
-        )
+        cubic = q * math.ceil(max(_CUBIC_HALO, _INR_REACH) / q)
+        halo = {"cubic": cubic, "flow": q, "inr": cubic}.get(self.method, 0)
         low, high = max(first - halo, 0), min(last + 1 + halo, n_z)
         if high - low < 2:
             low = (max(high - 2, 0) // q) * q
