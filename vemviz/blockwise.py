@@ -16,10 +16,13 @@ halo is what makes block results equal to whole-volume results:
   halo make blocks agree to ~1e-9 of the range. Blocks start at output slices that sit on
   input slices (multiples of ``p`` for ``F = p/q``). Flow needs whole planes; linear and cubic
   act per pixel column, so their blocks tile y and x too.
-  ``inr`` blocks are slabs of whole planes too (its XZ and YZ planes, and the flow half) with
-  cubic's halo, which is wider than the network's reach along z (`_INR_REACH`).
+  ``inr`` runs in two passes: its flow half first, on slabs of whole planes (one slice of
+  halo), as float32 into the work folder; then the network on blocks that tile y and x too,
+  with the larger of cubic's halo and the network's reach along z and, in y and x, the
+  network's reach plus its neighbour planes' offsets (`vemviz.inr.reach`); each block fuses
+  the stored flow.
 - sr (`sr.upscale_xy`): bicubic upscaling by an integer scale reads 4 x 4 input pixels, so 4
-  pixels of y/x halo suffice (``learned``: `_LEARNED_SR_HALO`, the network's reach); it clips
+  pixels of y/x halo suffice (``learned``: the network's reach if wider); it clips
   to the input's value range, so each block carries one extra guard slice holding the whole
   volume's minimum and maximum, removed afterwards.
 - learned iso and sr (`Learned`): one model for all blocks. It is the given ``--model`` or is
@@ -91,10 +94,6 @@ from vemviz.volume import Volume, VoxelSize
 
 _CUBIC_HALO = 16
 _SR_HALO = 4
-# learned iso: input slices its network reads on each side (the encoder's 9 rows, and the
-# decoder's bracketing row); the cubic base's halo covers them
-_INR_REACH = 10
-_LEARNED_SR_HALO = 12  # learned sr: the encoder's 9 low-resolution pixels, bracketing, bicubic
 TRAINING_SLAB_VOXELS = 2**24  # what a learned block stage trains on (64 MiB as float32)
 TRAINING_SLAB_SIDE = 1024
 
@@ -195,6 +194,9 @@ class Learned:
     training: Any = None
     norm: tuple[float, float] | None = None
     model_file: str | None = None
+    # (z, in-plane) voxels the model reads on each side (`vemviz.inr.reach`; iso: in-plane
+    # also its neighbour planes' offsets)
+    reach: tuple[int, int] = (0, 0)
 
     def device(self) -> str:
         return "auto" if self.training is None else self.training.device
@@ -220,7 +222,8 @@ def _provide_model(
     learned: Learned, kind: str, factor: float, volume: Volume, work: Work
 ) -> tuple[Learned, dict[str, Any]]:
     """``learned`` with ``model_file`` set to the work folder's model (written on the first
-    run: the given model, or one trained on `training_slab`), and the training report."""
+    run: the given model, or one trained on `training_slab`) and its ``reach``, and the
+    training report."""
     from vemviz import inr
     from vemviz.io.atomic import atomic_path
 
@@ -239,17 +242,18 @@ def _provide_model(
         with atomic_path(learned.save_model) as temp:
             shutil.copyfile(path, temp)
         report["saved_model"] = learned.save_model
-    return replace(learned, model_file=str(path)), report
+    model = _load_model(str(path), kind, learned.device())
+    offsets = inr.neighbour_offsets(model) if kind == "iso" else np.zeros(1, int)
+    reach = (inr.reach(model), inr.reach(model) + int(np.abs(offsets).max()))
+    return replace(learned, model_file=str(path), reach=reach), report
 
 
-def _execute_learned(
-    stage: Any, kind: str, factor: float, volume: Volume, work: Work, grid: Grid, runner: Runner
-) -> int:
-    """Run the blocks of a learned ``stage`` with the work folder's model; its training
-    report goes to ``stage.trained``."""
+def _with_model(stage: Any, kind: str, factor: float, volume: Volume, work: Work) -> Any:
+    """A learned ``stage`` with the work folder's model; its training report goes to
+    ``stage.trained``."""
     learned, trained = _provide_model(stage.learned, kind, factor, volume, work)
     object.__setattr__(stage, "trained", trained)
-    return run_blocks(replace(stage, learned=learned), volume, work, grid, runner)
+    return replace(stage, learned=learned)
 
 
 @functools.lru_cache(maxsize=2)
@@ -270,6 +274,30 @@ def _applied_model(learned: Learned, kind: str) -> Any:
 # --- iso --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _FlowTask:
+    """The first pass of learned iso: the flow interpolation (float32) of the synthesized
+    slices of one slab of whole output planes, into the work folder's ``flow`` array."""
+
+    region: da.Array
+    region_box: Box
+    box: Box
+    positions: np.ndarray  # input z of the box's output slices
+    store: Path
+    marker: Path
+
+    def __call__(self) -> int:
+        region = read_region(self.region)
+        local = self.positions - self.region_box[0].start
+        synthesized = local != np.round(local)
+        values = np.zeros((len(local), *region.shape[1:]), np.float32)
+        if synthesized.any():
+            values[synthesized] = iso_mod.interpolate_flow(region, local[synthesized])
+        write_block(self.store, "flow", self.box, values)
+        mark_done(self.marker)
+        return int(values.size)
+
+
 def _fraction(value: float, limit: int, what: str) -> Fraction:
     fraction = Fraction(value).limit_denominator(limit)
     if abs(float(fraction) - value) > 1e-9 * value:
@@ -286,6 +314,7 @@ class IsoBlocks(BlockStage):
     method: str = "flow"
     learned: Learned = field(default_factory=Learned)
     trained: dict[str, Any] = field(default_factory=dict, compare=False)
+    flow_store: str | None = None  # inr: the first pass's output (set by execute)
     name = "iso"
 
     def __post_init__(self) -> None:
@@ -295,7 +324,7 @@ class IsoBlocks(BlockStage):
 
     @property
     def full_planes(self) -> bool:  # type: ignore[override]
-        return self.method in ("flow", "inr")
+        return self.method == "flow"
 
     @property
     def bytes_per_voxel(self) -> float:  # type: ignore[override]
@@ -306,7 +335,7 @@ class IsoBlocks(BlockStage):
     @property
     def bytes_per_plane_pixel(self) -> float:  # type: ignore[override]
         """Flow: up to three pairs of flows with their confidences and bends (measured)."""
-        return 160.0 if self.method in ("flow", "inr") else 0.0
+        return 160.0 if self.method == "flow" else 0.0
 
     def prepare(self, volume: Volume, runner: Runner) -> IsoBlocks:
         if self.method != "inr":
@@ -316,7 +345,33 @@ class IsoBlocks(BlockStage):
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         if self.method != "inr":
             return super().execute(volume, work, grid, runner)
-        return _execute_learned(self, "iso", self.factor, volume, work, grid, runner)
+        stage = _with_model(self, "iso", self.factor, volume, work)
+        flow = self.flow_pass(volume, work, grid, runner)
+        return run_blocks(replace(stage, flow_store=str(flow)), volume, work, grid, runner)
+
+    def flow_pass(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> Path:
+        """The flow half of inr for every output slice, by slabs of whole planes holding about
+        as many voxels as ``grid``'s blocks (at least one unit deep), into the work folder."""
+        flow = IsoBlocks(self.factor, "flow")
+        shape, unit = grid.shape, self.unit()[0]
+        depth = int(np.prod(grid.block)) // (shape[1] * shape[2]) // unit * unit
+        slabs = Grid(shape, (min(max(depth, unit), shape[0]), shape[1], shape[2]))
+        store = work.root / "flow.zarr"
+        if not store.exists():
+            group = zarr.open_group(str(store), mode="w")
+            group.create_array("flow", shape=shape, dtype=np.float32, chunks=slabs.block,
+                               fill_value=0)  # fmt: skip
+        positions = iso_mod.output_positions(volume.shape[0], self.factor)
+        data = lazy(volume)
+        done = work.done("flow", len(slabs))
+        tasks = []
+        for i in (i for i in range(len(slabs)) if not done[i]):
+            box = slabs.box(i)
+            read = flow.source(box, volume.shape)
+            tasks.append(_FlowTask(region_of(data, read), read, box, positions[box[0]], store,
+                                   work.marker("flow", i)))  # fmt: skip
+        runner.run(tasks, f"iso: flow half ({len(slabs) - len(tasks)} done before)")
+        return store
 
     def report(self) -> dict[str, Any]:
         return {"method": self.method, **self.trained}
@@ -341,19 +396,30 @@ class IsoBlocks(BlockStage):
         k0, k1 = _span(box[0])
         first = k0 * q // p
         last = min(math.floor((k1 - 1) / self.factor) + 1, n_z - 1)
-        cubic = q * math.ceil(max(_CUBIC_HALO, _INR_REACH) / q)
+        reach_z, reach = self.learned.reach if self.method == "inr" else (0, 0)
+        cubic = q * math.ceil(max(_CUBIC_HALO, reach_z) / q)
         halo = {"cubic": cubic, "flow": q, "inr": cubic}.get(self.method, 0)
         low, high = max(first - halo, 0), min(last + 1 + halo, n_z)
         if high - low < 2:
             low = (max(high - 2, 0) // q) * q
-        return (slice(low, high), box[1], box[2])
+        return (slice(low, high), *_grow(box, (0, reach, reach), in_shape)[1:])
 
     def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
         p, q = self._pq
-        model = _applied_model(self.learned, "iso") if self.method == "inr" else None
-        out = iso_mod.reconstruct_z(region, self.factor, self.method, model=model).data
-        start = box[0].start - region_box[0].start * p // q
-        return out[start : start + box[0].stop - box[0].start]
+        start = region_box[0].start * p // q  # the region's first output slice
+        if self.method == "inr":
+            assert self.flow_store is not None, "execute() runs the flow pass first"
+            positions = iso_mod.output_positions(region.shape[0], self.factor)
+            synthesized = positions != np.round(positions)
+            outputs = slice(start, start + len(positions))
+            flow = read_box(Path(self.flow_store), "flow", (outputs, *region_box[1:]))
+            model = _applied_model(self.learned, "iso")
+            out = iso_mod.reconstruct_z(
+                region, self.factor, "inr", model=model, flow=flow[synthesized]
+            ).data
+        else:
+            out = iso_mod.reconstruct_z(region, self.factor, self.method).data
+        return out[_local(box, (slice(start, start + len(out)), *region_box[1:]))]
 
 
 # --- sr ---------------------------------------------------------------------------------
@@ -385,7 +451,7 @@ class SrBlocks(BlockStage):
 
     @property
     def _halo(self) -> int:
-        return _LEARNED_SR_HALO if self.method == "learned" else _SR_HALO
+        return max(_SR_HALO, self.learned.reach[1]) if self.method == "learned" else _SR_HALO
 
     def prepare(self, volume: Volume, runner: Runner) -> SrBlocks:
         data = lazy(volume)
@@ -398,7 +464,8 @@ class SrBlocks(BlockStage):
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         if self.method != "learned":
             return super().execute(volume, work, grid, runner)
-        return _execute_learned(self, "sr", self.scale, volume, work, grid, runner)
+        stage = _with_model(self, "sr", self.scale, volume, work)
+        return run_blocks(stage, volume, work, grid, runner)
 
     def report(self) -> dict[str, Any]:
         return {"method": self.method, **self.trained}

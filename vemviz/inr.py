@@ -559,6 +559,12 @@ def _planes_batch(voxels_per_plane: int) -> int:
     return max(1, 2_000_000 // max(1, voxels_per_plane))
 
 
+def reach(model: LearnedModel) -> int:
+    """Rows and columns on each side that a decoded value depends on: the encoder's 3 x 3
+    convolutions (the head and two per residual block) and the bracketing sample beyond."""
+    return 1 + 2 * model.architecture.blocks + 1
+
+
 def neighbour_offsets(model: LearnedModel) -> np.ndarray:
     """In-plane offsets (pixels) of the neighbour planes an iso model reads: round(k spacing)."""
     k = model.architecture.neighbours

@@ -97,8 +97,9 @@ def _cubic(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-def _flow(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Flow interpolation along curved paths: each pair's flows bent by its neighbour pairs'."""
+def interpolate_flow(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Flow interpolation (float32) at input z ``positions``, along curved paths: each pair's
+    flows bent by its neighbour pairs'."""
     lower, frac = _bracket(positions)
     out = np.empty((len(positions), *stack.shape[1:]), dtype=np.float32)
     pair = cached_pair_flows(stack, 3)  # the pairs before, at and after the current one
@@ -109,7 +110,7 @@ def _flow(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-_IMPLEMENTATIONS = {"linear": _linear, "cubic": _cubic, "flow": _flow}
+_IMPLEMENTATIONS = {"linear": _linear, "cubic": _cubic, "flow": interpolate_flow}
 
 
 @dataclass
@@ -129,6 +130,7 @@ def reconstruct_z(
     *,
     model: inr.LearnedModel | None = None,
     training: inr.Training | None = None,
+    flow: np.ndarray | None = None,
 ) -> Reconstruction:
     """Resample ``stack`` (z, y, x) along z by ``factor`` (>= 1); same dtype as the input.
 
@@ -136,7 +138,9 @@ def reconstruct_z(
     ``k / factor``, and slices at whole positions are exact copies of input slices. Integer
     outputs are rounded and clipped to the dtype's range; float outputs are not clipped (the
     cubic spline may overshoot the input range slightly). For ``inr``, ``model`` skips training;
-    otherwise one is trained on ``stack`` with ``training`` (default `inr.Training`).
+    otherwise one is trained on ``stack`` with ``training`` (default `inr.Training`); ``flow``
+    is its flow half (`interpolate_flow` at the synthesized slices) when that was computed
+    apart (the block stages compute it on whole planes, the network on tiles).
     """
     _validate(stack, factor, method)
     positions = output_positions(stack.shape[0], factor)
@@ -154,7 +158,9 @@ def reconstruct_z(
     if model is None:
         model = inr.train_iso(stack, factor, training or inr.Training())
     values, spread = inr.reconstruct_iso(model, stack, positions[~kept])
-    out[~kept] = to_dtype(0.5 * (values + _flow(stack, positions[~kept])), stack.dtype)
+    if flow is None:
+        flow = interpolate_flow(stack, positions[~kept])
+    out[~kept] = to_dtype(0.5 * (values + flow), stack.dtype)
     result.uncertainty = np.zeros(out.shape, dtype=np.float32)
     result.uncertainty[~kept] = spread
     result.model = model
