@@ -63,13 +63,14 @@ warped slices with occlusion-aware weights (`vemviz.flow`);
 optionally fine-tuned on the stack's own undamaged slices first; ``inr`` uses the local
 implicit network of `vemviz.inr` (`vemviz.inr.train_gap`), trained on the XY planes of the
 undamaged slices to restore runs of missing rows (one network per run length, rows spaced by
-the z/xy voxel ratio), and decodes the missing slices from up to 8 good slices on each side,
-so it sees how structure continues through several sections, not only the two nearest
-(``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.27 dB against flow 31.70 and
-linear 31.57; two consecutive 31.07 against 30.65 and 29.83); ``ensemble`` averages the inr and
-diffusion fills: the two learn from different evidence (the XY planes of this volume; the flow
-warps, trained on other volumes), so their errors partly cancel (same benchmark: 32.35 and
-31.34 dB; bands 32.18 against diffusion 31.83, blotches 32.60 against 32.17); ``auto`` uses
+the z/xy voxel ratio, with its neighbour planes), and decodes the missing slices from up to 8
+good slices on each side, so it sees how structure continues through several sections, not
+only the two nearest (``scripts/benchmark.py restore`` on FlyEM: one missing slice 32.39 dB
+against flow 31.70 and linear 31.57; two consecutive 31.30 against 30.65 and 29.83);
+``ensemble`` averages the inr and diffusion fills: the two learn from different evidence (the
+XY planes of this volume; the flow warps, trained on other volumes), so their errors partly
+cancel (same benchmark: 32.36 and 31.43 dB; bands 32.17 against diffusion 31.83, blotches 32.60
+against 32.17); ``auto`` uses
 flow for slices damaged as a whole and diffusion for partial damage. `fill_slices` does the
 same for a list of whole slices.
 """

@@ -43,7 +43,9 @@ STAGES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", default="256,2048,2048", help="Z,Y,X of the volume")
     parser.add_argument("--stages", default="inpaint,iso,segment")
-    parser.add_argument("--iso-method", default="flow", choices=("flow", "linear", "cubic"))
+    parser.add_argument("--iso-method", default="flow", choices=("flow", "linear", "cubic", "inr"))
+    parser.add_argument("--time-budget", type=float, default=240.0,
+                        help="inr: training seconds (the CLI's --time-budget)")  # fmt: skip
     parser.add_argument("--segment-method", default="classical", choices=("classical", "learned"))
     parser.add_argument("--workers", default="1,2", help="worker process counts to compare")
     parser.add_argument("--memory-budget", default="1GiB")
@@ -156,7 +158,9 @@ def run_cli(
 
 
 def compare_small(tmp: Path, iso_method: str, segment_method: str) -> list[str]:
-    """Chunked (small blocks) against in-memory results on a volume that fits."""
+    """Chunked (small blocks) against in-memory results on a volume that fits (not for inr,
+    which trains a model in each: its blocks are checked against one model by
+    ``tests/test_chunked.py -k learned_blocks``)."""
     import vemviz
     from vemviz import blockwise, chunked, stages
     from vemviz.phantom import make_phantom
@@ -170,10 +174,12 @@ def compare_small(tmp: Path, iso_method: str, segment_method: str) -> list[str]:
         ("inpaint", blockwise.InpaintBlocks((9,), method="flow"),
          stages.inpaint(raw, slices=(9,), method="flow")[0]),
         ("iso", blockwise.IsoBlocks(2.0, iso_method),
-         stages.iso(raw, factor=2, method=iso_method)[0]),
+         None if iso_method == "inr" else stages.iso(raw, factor=2, method=iso_method)[0]),
         ("segment", blockwise.SegmentBlocks("mito", raw.voxel_size_nm, method=segment_method),
          stages.segment(raw, target="mito", method=segment_method)[0]),
     ]  # fmt: skip
+    if iso_method == "inr":
+        cases = [case for case in cases if case[0] != "iso"]
     for name, stage, reference in cases:
         out = tmp / f"small-{name}.ome.zarr"
         chunked.run_chunked(stage, lazy, out, block=(8, 64, 64), workers=2)
@@ -206,6 +212,8 @@ def run(args: argparse.Namespace) -> Result:
     stage_args = dict(STAGES)
     stage_args["inpaint"] = [*STAGES["inpaint"], "--slices", ",".join(map(str, blank))]
     stage_args["iso"] = [*STAGES["iso"], "--method", args.iso_method]
+    if args.iso_method == "inr":
+        stage_args["iso"] += ["--time-budget", str(args.time_budget)]
     stage_args["segment"] = [*STAGES["segment"], "--method", args.segment_method]
     for name in args.stages.split(","):
         for workers in (int(w) for w in args.workers.split(",")):
