@@ -123,6 +123,19 @@ def test_touching_objects_become_separate_instances():
     assert mito_instances(prob, spacing, min_volume_nm3=1e5).max() == 2
 
 
+def test_an_elongated_object_stays_one_and_a_thin_one_is_left_out():
+    """A 1 um long mitochondrion whose radius undulates (90-110 nm) has several distance maxima
+    but no neck; a rod of 40 nm radius has no maximum deeper than half the separation."""
+    spacing = (8.0, 8.0, 8.0)
+    z, y, x = np.mgrid[:36, :64, :160].astype(float) * 8.0
+    radius = 100.0 + 10.0 * np.sin(x / 60.0)
+    capsule = ((z - 140) ** 2 + (y - 300) ** 2 < radius**2) & (x > 120) & (x < 1120)
+    rod = ((z - 140) ** 2 + (y - 80) ** 2 < 40.0**2) & (x > 200) & (x < 1000)
+    prob = np.where(capsule | rod, 0.9, 0.05).astype(np.float32)
+    labels = mito_instances(prob, spacing, min_volume_nm3=1e5)
+    assert labels.max() == 1 and (labels[capsule] == 1).all() and not labels[rod].any()
+
+
 def test_cells_agglomerate_across_weak_boundaries_only():
     labels = np.zeros((4, 20, 30), np.uint32)
     labels[:, :, :10], labels[:, :, 10:20], labels[:, :, 20:] = 1, 2, 3
