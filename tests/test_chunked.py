@@ -230,6 +230,25 @@ def test_cli_routes_large_inputs_to_blocks(phantom, source, tmp_path) -> None:
     assert main([*args[:3], str(tif), *args[4:]]) == 2
 
 
+def test_cli_runs_iso_by_blocks_when_its_output_outgrows_the_budget(
+    phantom, source, tmp_path, capsys
+) -> None:
+    """The 384 KiB input fits 1 MiB; its x2 linear reconstruction (6 MB of working arrays)
+    does not, so it runs by blocks (or says to write OME-Zarr), and in memory at 64 MiB."""
+    path = source.metadata["source"]
+    args = ["iso", path, "--factor", "2", "--method", "linear", "--memory-budget", "1MiB"]
+    out = tmp_path / "iso.ome.zarr"
+    assert main([*args, "--out", str(out)]) == 0
+    assert "running block by block" in " ".join(capsys.readouterr().err.split())
+    want = stages.iso(phantom.raw, factor=2, method="linear")[0].numpy()
+    np.testing.assert_array_equal(vemviz.read_volume(out).numpy(), want)
+    tif = tmp_path / "iso.tif"
+    assert main([*args, "--out", str(tif)]) == 2
+    assert "OME-Zarr" in capsys.readouterr().err and not tif.exists()
+    assert main([*args[:-1], "64MiB", "--out", str(tif)]) == 0
+    np.testing.assert_array_equal(vemviz.read_volume(tif).numpy(), want)
+
+
 def test_cli_runs_learned_methods_by_blocks(phantom, tmp_path, capsys) -> None:
     # float64 (3 MB): above the 2 MiB budget, whose 4x still holds two whole-plane blocks
     source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))

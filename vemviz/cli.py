@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -61,13 +62,30 @@ def _read(args: argparse.Namespace, attribute: str = "input"):
     return read_volume(getattr(args, attribute), args.voxel_size)
 
 
-def _chunked(args: argparse.Namespace, volume, stage: Callable[[], Any]) -> bool:
-    """Run ``stage()`` block by block when the volume exceeds --memory-budget; True if it ran."""
+def _chunked(
+    args: argparse.Namespace, volume, stage: Callable[[], Any], grows: bool = False
+) -> bool:
+    """Run ``stage()`` block by block when the volume exceeds --memory-budget; True if it ran.
+
+    ``grows``: the stage's output is larger than its input (iso, sr), so the in-memory run
+    would also hold the output and its working arrays (the stage's bytes per output voxel):
+    blocks are used when that exceeds the budget too.
+    """
     from vemviz import chunked
 
     budget = chunked.parse_memory(args.memory_budget)
     if volume.nbytes <= budget and args.scheduler is None:
-        return False
+        if not grows:
+            return False
+        try:
+            blocks = stage()
+        except VemvizError:  # not possible by blocks (a factor that is no p/q): in memory
+            return False
+        need = volume.nbytes + math.prod(blocks.out_shape(volume.shape)) * blocks.bytes_per_voxel
+        if need <= budget:
+            return False
+        status(f"the result needs about {need / 2**30:.1f} GiB in memory, more than "
+               f"--memory-budget {args.memory_budget}: running block by block")  # fmt: skip
     report = chunked.run_chunked(
         stage(), volume, args.out, memory_budget=budget, scheduler=args.scheduler
     )
@@ -182,7 +200,7 @@ def cmd_iso(args: argparse.Namespace) -> None:
         time_budget=args.time_budget, device=args.device, seed=args.seed, model=args.model,
         save_model=args.save_model, uncertainty=args.uncertainty,
     )  # fmt: skip
-    if _chunked(args, volume, lambda: stages.iso_blocks(volume, **options)):
+    if _chunked(args, volume, lambda: stages.iso_blocks(volume, **options), grows=True):
         return
     out, report = stages.iso(volume, **options)
     _finish(args, out, report)
@@ -194,7 +212,7 @@ def cmd_sr(args: argparse.Namespace) -> None:
         scale=args.scale, method=args.method, time_budget=args.time_budget, device=args.device,
         seed=args.seed, model=args.model, save_model=args.save_model,
     )  # fmt: skip
-    if _chunked(args, volume, lambda: stages.sr_blocks(volume, **options)):
+    if _chunked(args, volume, lambda: stages.sr_blocks(volume, **options), grows=True):
         return
     out, report = stages.sr(volume, **options)
     _finish(args, out, report)
