@@ -84,6 +84,7 @@ def test_learned_blocks_equal_the_model_in_memory(phantom, source, tmp_path, kin
         if kind == "iso":
             return IsoBlocks(2.0, kind_method, learned)
         return SrBlocks(2.0, kind_method, learned=learned)
+
     arch = inr.Architecture(channels=8, blocks=2, hidden=8, neighbours=1)
     training = inr.Training(steps=5, time_budget=None, batch=4, patch=24, device="cpu",
                             architecture=arch)  # fmt: skip
@@ -113,6 +114,27 @@ def test_learned_blocks_equal_the_model_in_memory(phantom, source, tmp_path, kin
     differ = got != want  # float summation order may move a value across a rounding edge
     assert np.abs(got.astype(int) - want).max() <= 1 and differ.mean() < 1e-3
     assert np.abs(want.astype(int) - classical).mean() > 2  # the network's share is large
+
+
+def test_inr_flow_half_is_planned_from_the_budget(source, tmp_path) -> None:
+    """Learned iso's flow half runs on whole-plane slabs sized from the memory budget as for
+    ``--method flow``, and a budget too small for one plane's flows fails before training."""
+    from vemviz import inr
+    from vemviz.blockwise import Learned
+    from vemviz.chunked import Runner
+
+    training = inr.Training(steps=5, time_budget=None, batch=2, patch=24, device="cpu")
+    stage = IsoBlocks(2.0, "inr", Learned(training=training))
+    budget = 12 * 2**20
+    slabs = stage.flow_slabs(
+        source.shape, Work(tmp_path / "w"), Runner(workers=2, memory_budget=budget)
+    )
+    assert slabs.block == plan_grid(IsoBlocks(2.0, "flow"), source.shape, budget, 2).block
+    assert slabs.block[1:] == source.shape[1:] and slabs.block[0] < slabs.shape[0] // 2
+    out = tmp_path / "tiny.ome.zarr"
+    with pytest.raises(VemvizError, match="smallest block"):
+        run_chunked(stage, source, out, block=BLOCK, workers=2, memory_budget=2**20)
+    assert not (Work.beside(out).root / "model.pt").exists()
 
 
 def test_cubic_iso_float_within_tolerance(phantom, tmp_path) -> None:

@@ -17,10 +17,10 @@ halo is what makes block results equal to whole-volume results:
   input slices (multiples of ``p`` for ``F = p/q``). Flow needs whole planes; linear and cubic
   act per pixel column, so their blocks tile y and x too.
   ``inr`` runs in two passes: its flow half first, on slabs of whole planes (one slice of
-  halo), as float32 into the work folder; then the network on blocks that tile y and x too,
-  with the larger of cubic's halo and the network's reach along z and, in y and x, the
-  network's reach plus its neighbour planes' offsets (`vemviz.inr.reach`); each block fuses
-  the stored flow.
+  halo) planned from the memory budget as for ``flow``, as float32 into the work folder;
+  then the network on blocks that tile y and x too, with the larger of cubic's halo and the
+  network's reach along z and, in y and x, the network's reach plus its neighbour planes'
+  offsets (`vemviz.inr.reach`); each block fuses the stored flow.
 - sr (`sr.upscale_xy`): bicubic upscaling by an integer scale reads 4 x 4 input pixels, so 4
   pixels of y/x halo suffice (``learned``: the network's reach if wider); it clips
   to the input's value range, so each block carries one extra guard slice holding the whole
@@ -82,6 +82,7 @@ from vemviz.chunked import (
     lazy,
     mark_done,
     pending_blocks,
+    plan_grid,
     read_box,
     read_region,
     region_of,
@@ -345,17 +346,26 @@ class IsoBlocks(BlockStage):
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         if self.method != "inr":
             return super().execute(volume, work, grid, runner)
-        stage = _with_model(self, "iso", self.factor, volume, work)
-        flow = self.flow_pass(volume, work, grid, runner)
+        slabs = self.flow_slabs(volume.shape, work, runner)  # a plane too large fails here,
+        stage = _with_model(self, "iso", self.factor, volume, work)  # before training
+        flow = self.flow_pass(volume, work, slabs, runner)
         return run_blocks(replace(stage, flow_store=str(flow)), volume, work, grid, runner)
 
-    def flow_pass(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> Path:
-        """The flow half of inr for every output slice, by slabs of whole planes holding about
-        as many voxels as ``grid``'s blocks (at least one unit deep), into the work folder."""
+    def flow_slabs(self, in_shape: tuple[int, int, int], work: Work, runner: Runner) -> Grid:
+        """The flow half's slabs of whole output planes, planned from ``runner``'s memory budget
+        and workers as for ``--method flow`` (its flows dominate: about 160 B per plane pixel
+        and worker); a resumed run keeps the slabs it started with."""
         flow = IsoBlocks(self.factor, "flow")
-        shape, unit = grid.shape, self.unit()[0]
-        depth = int(np.prod(grid.block)) // (shape[1] * shape[2]) // unit * unit
-        slabs = Grid(shape, (min(max(depth, unit), shape[0]), shape[1], shape[2]))
+        store = work.root / "flow.zarr"
+        if store.exists():
+            chunks = zarr.open_group(str(store), mode="r")["flow"].chunks
+            return Grid(flow.out_shape(in_shape), tuple(chunks))  # type: ignore[arg-type]
+        return plan_grid(flow, in_shape, runner.memory_budget, runner.workers)
+
+    def flow_pass(self, volume: Volume, work: Work, slabs: Grid, runner: Runner) -> Path:
+        """The flow half of inr for every output slice, by ``slabs``, into the work folder."""
+        flow = IsoBlocks(self.factor, "flow")
+        shape = slabs.shape
         store = work.root / "flow.zarr"
         if not store.exists():
             group = zarr.open_group(str(store), mode="w")

@@ -325,9 +325,16 @@ def scheduler_address(scheduler: str | None) -> str | None:
 
 
 class Runner:
-    """Runs block tasks locally (threads) or on a dask.distributed cluster."""
+    """Runs block tasks locally (threads) or on a dask.distributed cluster; ``memory_budget``
+    (bytes) is what a stage's further passes plan their blocks from (`plan_grid`)."""
 
-    def __init__(self, scheduler: str | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        workers: int | None = None,
+        memory_budget: int = DEFAULT_BUDGET,
+    ) -> None:
+        self.memory_budget = memory_budget
         self.address = scheduler_address(scheduler)
         self.client = None
         if self.address is not None:
@@ -540,7 +547,7 @@ def run_chunked(
     Resumes an interrupted run of the same plan (finished blocks are skipped).
     """
     check_output(out)
-    with Runner(scheduler, workers) as runner:
+    with Runner(scheduler, workers, memory_budget) as runner:
         stage = stage.prepare(volume, runner)
         grid = plan_grid(stage, volume.shape, memory_budget, runner.workers, block)
         work = Work.beside(out)
