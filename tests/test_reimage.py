@@ -203,6 +203,36 @@ def test_cli_plan_tiles_merge_round_trip(tmp_path, phantom):
     assert not (tmp_path / "again.tif").exists()
 
 
+def test_merge_refuses_another_scan_and_ignores_a_replaced_sr_volume(tmp_path, phantom, capsys):
+    truth = phantom.clean.numpy()[:4]
+    low = reimage.area_downsample(truth, 4)
+    write_volume(Volume(low, (40.0, 32.0, 32.0)), tmp_path / "low.tif")
+    write_volume(Volume(low[::-1].copy(), (40.0, 32.0, 32.0)), tmp_path / "other.tif")
+    plan_path, sr_path = tmp_path / "plan.json", tmp_path / "sr.tif"
+    plan_args = ["plan-reimage", str(tmp_path / "low.tif"), "--out", str(plan_path), "--scale",
+                 "4", "--budget", "0.25", "--tile", "32", "--sr-out", str(sr_path)]  # fmt: skip
+    assert main(plan_args) == 0
+    plan = json.loads(plan_path.read_text())
+    tiles_dir = tmp_path / "tiles"
+    tiles_dir.mkdir()
+    for entry, tile in zip(plan["tiles"], reimage.truth_tiles(truth, plan), strict=True):
+        tifffile.imwrite(tiles_dir / entry["file"], tile)
+
+    def merge(scan: str, out: str) -> int:
+        return main(["merge-reimage", str(tmp_path / scan), str(tiles_dir), "--plan",
+                     str(plan_path), "--no-refit", "--out", str(tmp_path / out)])  # fmt: skip
+
+    capsys.readouterr()
+    assert merge("other.tif", "wrong.tif") == 2  # same shape, another scan
+    assert "another low-resolution scan" in capsys.readouterr().err
+    assert not (tmp_path / "wrong.tif").exists()
+    tifffile.imwrite(sr_path, np.zeros_like(read_volume(sr_path).numpy()))  # replaced since
+    assert merge("low.tif", "merged.tif") == 0
+    assert "not the SR volume" in capsys.readouterr().err
+    bicubic = reimage.super_resolve(low, 4, "bicubic")[0]
+    assert psnr(truth, read_volume(tmp_path / "merged.tif").numpy()) > psnr(truth, bicubic) + 0.5
+
+
 def test_cli_plans_with_learned_sr_and_a_segmentation_target(tmp_path, phantom):
     truth = phantom.clean.numpy()[:3]
     write_volume(Volume(reimage.area_downsample(truth, 4), (40.0, 32.0, 32.0)), tmp_path / "lo.tif")

@@ -323,8 +323,7 @@ def cmd_plan_reimage(args: argparse.Namespace) -> None:
     else:
         plan, sr_volume = stages.plan_reimage(volume, **options)
         if args.sr_out is not None:
-            write_volume(sr_volume, args.sr_out)
-            plan["sr_volume"] = str(Path(args.sr_out).resolve())
+            stages.write_plan_sr(plan, sr_volume, args.sr_out)
         _write_report(args.report, plan["time"])
     write_json(args.out, plan)
     status(f"wrote {args.out}: {len(plan['tiles'])} of {plan['tiles_total']} tiles to re-image, "
@@ -339,11 +338,9 @@ def _merge_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_merge_reimage(args: argparse.Namespace) -> None:
     plan = stages.read_reimage_plan(args.plan)
     low = _read(args)
-    sr_path = plan.get("sr_volume")
-    sr_volume = read_volume(sr_path) if sr_path and Path(sr_path).exists() else None
     tiles = stages.read_reimaged_tiles(args.tiles_dir, plan)
     merged, report = stages.merge_reimage(
-        low, plan, tiles, sr_volume=sr_volume, **_merge_options(args)
+        low, plan, tiles, sr_volume=stages.read_plan_sr(plan), **_merge_options(args)
     )
     _finish(args, merged, report)
 

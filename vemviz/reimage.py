@@ -59,6 +59,7 @@ with a random stage error (`truth_tiles`), and scores the merged volume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -303,6 +304,15 @@ class Assessment:
     voxel_size_nm: tuple[float, float, float]
     lowres_shape: tuple[int, int, int]
     error_model: str  # the SR method the error model was fitted for
+    lowres_sha256: str  # `fingerprint` of the scan: ties the plan to it
+
+
+def fingerprint(volume: np.ndarray) -> str:
+    """SHA-256 of a volume's shape, dtype and values: a plan names the scan it was made for
+    (and the SR volume it wrote), so that merging into another one of the same shape fails."""
+    digest = hashlib.sha256(f"{volume.shape} {volume.dtype.str}".encode())
+    digest.update(np.ascontiguousarray(volume).data)
+    return digest.hexdigest()
 
 
 def assess(
@@ -338,7 +348,8 @@ def assess(
         uncertainty = np.stack([segmentation_uncertainty(p, boxes) for p in probability])
         priority = mse * (uncertainty + UNCERTAINTY_FLOOR)
     return Assessment(sr, bicubic, boxes, mse, priority, int(scale), sr_method,
-                      tuple(voxel_size_nm), tuple(low.shape), model.sr_method)  # type: ignore[arg-type]  # fmt: skip
+                      tuple(voxel_size_nm), tuple(low.shape), model.sr_method,  # type: ignore[arg-type]
+                      fingerprint(low))  # fmt: skip
 
 
 def make_plan(
@@ -374,6 +385,7 @@ def make_plan(
         "sr_method": a.sr_method,
         "error_model": a.error_model,
         "lowres_shape_zyx": list(a.lowres_shape),
+        "lowres_sha256": a.lowres_sha256,
         "highres_shape_zyx": list(a.sr.shape),
         "voxel_size_nm_lowres": list(a.voxel_size_nm),
         "voxel_size_nm_highres": list(hr_voxel),

@@ -459,6 +459,31 @@ def read_reimage_plan(path: Path) -> dict[str, Any]:
     return plan
 
 
+def write_plan_sr(plan: dict[str, Any], sr_volume: Volume, path: Path) -> None:
+    """Write the plan's super-resolved volume to ``path`` and name it in the plan, with the
+    `reimage.fingerprint` of what was written (as read back: a format may change the dtype)."""
+    from vemviz.io import read_volume, write_volume
+
+    write_volume(sr_volume, path)
+    plan["sr_volume"] = str(Path(path).resolve())
+    plan["sr_volume_sha256"] = reimage_mod.fingerprint(read_volume(path).numpy())
+
+
+def read_plan_sr(plan: dict[str, Any]) -> Volume | None:
+    """The SR volume the plan wrote, or None when there is none, it is gone, or it was replaced
+    since (a note says so; `merge_reimage` then super-resolves the scan again)."""
+    from vemviz.io import read_volume
+
+    path = plan.get("sr_volume")
+    if not path or not Path(path).exists():
+        return None
+    volume = read_volume(path)
+    if reimage_mod.fingerprint(volume.numpy()) != plan.get("sr_volume_sha256"):
+        status(f"note: {path} is not the SR volume this plan wrote; super-resolving again")
+        return None
+    return volume
+
+
 def read_reimaged_tiles(tiles_dir: Path, plan: dict[str, Any]) -> list[np.ndarray]:
     """The plan's tiles from ``tiles_dir`` (``tile_00000.tif`` ...; .png accepted too)."""
     from vemviz.io import read_volume
@@ -493,6 +518,12 @@ def merge_reimage(
     on the tiles (`vemviz.reimage.refit_sr`). ``sr_volume`` is the plan's SR, else recomputed."""
     scale = int(plan["scale"])
     hr_voxel = sr_mod.sr_voxel_size(low.require_voxel_size("re-imaging"), scale)
+    made_for = plan.get("lowres_sha256")  # plans written before it have none
+    if made_for is not None and made_for != reimage_mod.fingerprint(low.numpy()):
+        raise VemvizError(
+            "this plan was made for another low-resolution scan (its values differ from the "
+            "plan's lowres_sha256); merge the tiles into the scan that was planned"
+        )
     report: Report = {"refit": False}
     if refit and len(tiles) >= reimage_mod.MIN_REFIT_TILES:
         training = _training(time_budget, device, seed)
