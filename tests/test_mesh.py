@@ -197,16 +197,30 @@ def test_interpolated_thick_sections_follow_the_true_surface():
     assert len(surface.faces) <= 2000 and coarse < 0.5 * stepped, coarse
 
 
-def test_interpolate_z_needs_thick_sections_and_whole_volume_meshing(tmp_path, capsys):
+def test_interpolate_z_needs_thick_sections_and_works_by_blocks(tmp_path, capsys):
     from vemviz import Volume, stages
 
     labels = _thick_section_ball((60.0, 6.0, 6.0), (390.0, 330.0, 330.0), 300.0)
+    labels[:, :, 100:] = 2  # a second object, a slab at the volume's edge
     volume = Volume(labels, (60.0, 6.0, 6.0))
     stages.mesh(volume, tmp_path / "plain")
     assert "10.0x thicker" in " ".join(capsys.readouterr().err.split())
-    with pytest.raises(VemvizError, match="does not work by blocks"):
-        stages.mesh(volume, tmp_path / "blocks", interpolate_z=True, memory_budget=1000)
-    assert not (tmp_path / "blocks").exists()
+    # by blocks each object is meshed on its own box: the same surfaces as in memory
+    from vemviz.blockmesh import mesh_blocks
+
+    options = MeshOptions(units="nm", interpolate_z=True)
+    whole = mesh_labels(labels, volume.voxel_size_nm, tmp_path / "whole", options=options)
+    blocks = mesh_blocks(volume, tmp_path / "blocks", options=options, block=(5, 40, 40))
+    assert len(blocks["objects"]) == len(whole["objects"]) == 2
+    for a, b in zip(whole["objects"], blocks["objects"], strict=True):
+        assert (a["label"], a["faces"], a["vertices"]) == (b["label"], b["faces"], b["vertices"])
+        assert b["watertight"] and (b["volume"], b["bbox_min"], b["bbox_max"]) == (
+            a["volume"], a["bbox_min"], a["bbox_max"]
+        )  # fmt: skip
+    # labels over the budget go by blocks, where an object over it is refused by name
+    with pytest.raises(VemvizError, match="label 1 spans"):
+        stages.mesh(volume, tmp_path / "small", interpolate_z=True, memory_budget=2**16)
+    assert not (tmp_path / "small").exists()
     iso = Volume(labels, (6.0, 6.0, 6.0))  # no thick sections: the same surface either way
     a = stages.mesh(iso, tmp_path / "a", units="nm")
     b = stages.mesh(iso, tmp_path / "b", units="nm", interpolate_z=True)

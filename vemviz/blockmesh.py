@@ -18,6 +18,13 @@ exactly -- no cracks, no duplicated faces, one mesh per id -- before the usual s
 decimation and export of `vemviz.mesh` (`refine`, `write_meshes`). Blocks run locally or on a
 dask.distributed cluster (`vemviz.chunked.Runner`); memory is bounded by the block size plus the
 raw marching-cubes surfaces of the objects (about 40 bytes per vertex), not by the volume.
+
+Thick sections (`vemviz.mesh.MeshOptions.interpolate_z`): shape-based interpolation works on
+each object's in-plane distance maps, which a block cannot compute from its part of the
+object. The blocks then only find every label's voxel count and bounding box; each object is
+then read on its box alone and meshed exactly as in memory (`vemviz.mesh.label_surface`), one
+after the other. Memory is bounded by the largest object's box (about `_interpolated_bytes`
+per voxel); an object over ``memory_budget`` is refused by name.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import marching_cubes
@@ -52,16 +60,23 @@ class _MeshTask:
     origin: tuple[int, int, int]  # padded-volume index of the first sample
     core: Box  # the samples this block owns (for voxel counts), local to its samples
     out: Path
+    surfaces: bool = True  # False: only each label's voxel count and bounding box
 
     def __call__(self) -> int:
         labels = read_region(self.region).astype(np.int64)
         samples = np.pad(labels, list(zip(self.pad_before, self.pad_after, strict=True)))
         counts = np.bincount(samples[self.core].ravel())
         pieces: dict[str, np.ndarray] = {}
+        boxes = []  # label, then start and stop per axis in volume coordinates
         for index, box in enumerate(ndi.find_objects(samples)):
             if box is None:
                 continue
             label = index + 1
+            starts = [b.start + o - 1 for b, o in zip(box, self.origin, strict=True)]
+            stops = [b.stop + o - 1 for b, o in zip(box, self.origin, strict=True)]
+            boxes.append([label, *starts, *stops])
+            if not self.surfaces:
+                continue
             grown = tuple(
                 slice(max(s.start - 1, 0), min(s.stop + 1, n))
                 for s, n in zip(box, samples.shape, strict=True)
@@ -75,11 +90,12 @@ class _MeshTask:
             pieces[f"k{label}"] = keys
             pieces[f"f{label}"] = faces.astype(np.int32)
         voxels = np.flatnonzero(counts[1:]) + 1
-        np.savez(self.out, voxels=np.stack([voxels, counts[voxels]]), **pieces)
-        return len(pieces) // 2
+        np.savez(self.out, voxels=np.stack([voxels, counts[voxels]]),
+                 boxes=np.asarray(boxes, np.int64).reshape(-1, 7), **pieces)  # fmt: skip
+        return len(boxes)
 
 
-def _tasks(data: Any, grid: Grid, folder: Path) -> list[_MeshTask]:
+def _tasks(data: Any, grid: Grid, folder: Path, surfaces: bool) -> list[_MeshTask]:
     """One task per block of the padded volume's samples (blocks overlap by one layer)."""
     shape = tuple(s - 2 for s in grid.shape)
     tasks = []
@@ -95,11 +111,12 @@ def _tasks(data: Any, grid: Grid, folder: Path) -> list[_MeshTask]:
         region_box = tuple(slice(lo, hi) for lo, hi in inside)
         empty = any(hi <= lo for lo, hi in inside)
         region = (
-            np.zeros([max(hi - lo, 0) for lo, hi in inside], dtype=data.dtype)
+            da.zeros([max(hi - lo, 0) for lo, hi in inside], dtype=data.dtype)
             if empty else region_of(data, region_box)
         )  # fmt: skip
         tasks.append(_MeshTask(
             region, before, after, tuple(a for a, _ in samples), core, folder / f"{i}.npz",
+            surfaces,
         ))  # fmt: skip
     return tasks
 
@@ -115,14 +132,34 @@ def _weld(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     return unique, inverse.ravel()[np.concatenate(faces)]
 
 
-def _surfaces(
-    files: list[Path], voxel: VoxelSize, options: mesh_mod.MeshOptions
-) -> tuple[list[int], Iterator[mesh_mod.Surface | None]]:
+def _sizes(files: list[Path]) -> dict[int, int]:
+    """Voxels of every label, summed over the blocks."""
     sizes: dict[int, int] = defaultdict(int)
     for path in files:
         with np.load(path) as data:
             for label, count in data["voxels"].T.tolist():
                 sizes[label] += count
+    return sizes
+
+
+def _boxes(files: list[Path]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Bounding box (start, stop) of every label: the union of its boxes in the blocks."""
+    found = []
+    for path in files:
+        with np.load(path) as data:
+            found.append(data["boxes"])
+    rows = np.concatenate(found)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    labels, first = np.unique(rows[:, 0], return_index=True)
+    starts = np.minimum.reduceat(rows[:, 1:4], first)
+    stops = np.maximum.reduceat(rows[:, 4:7], first)
+    return {int(label): (a, b) for label, a, b in zip(labels, starts, stops, strict=True)}
+
+
+def _surfaces(
+    files: list[Path], voxel: VoxelSize, options: mesh_mod.MeshOptions
+) -> tuple[list[int], Iterator[mesh_mod.Surface | None]]:
+    sizes = _sizes(files)
     labels = sorted(sizes)
 
     def generate() -> Iterator[mesh_mod.Surface | None]:
@@ -140,6 +177,46 @@ def _surfaces(
             points = (keys / 2.0 - 1.0) * np.asarray(voxel)
             points, faces = mesh_mod.refine(points[:, ::-1], faces.astype(np.int32), options)
             yield mesh_mod.Surface(label, points, faces, mesh_mod.is_closed(faces))
+
+    return labels, generate()
+
+
+def _interpolated_bytes(itemsize: int, steps: int) -> float:
+    """Working bytes per voxel of an object's box for `vemviz.mesh.label_surface` with
+    ``steps`` interpolated samples per section: its labels and mask, the section distance maps,
+    and the interpolated distance and field (float32 each) at ``steps`` times the depth."""
+    return itemsize + 1 + 8 + 8 * steps
+
+
+def _section_surfaces(
+    data: Any, files: list[Path], voxel: VoxelSize, options: mesh_mod.MeshOptions, budget: int
+) -> tuple[list[int], Iterator[mesh_mod.Surface | None]]:
+    """Every object meshed on its own box, read from ``data`` (thick sections interpolated)."""
+    sizes, boxes = _sizes(files), _boxes(files)
+    labels = sorted(sizes)
+    meshed = [label for label in labels if sizes[label] >= options.min_voxels]
+    per_voxel = _interpolated_bytes(data.dtype.itemsize, mesh_mod.section_steps(voxel, options))
+    if meshed:  # checked before any object is meshed
+        largest = max(meshed, key=lambda label: np.prod(boxes[label][1] - boxes[label][0]))
+        extent = boxes[largest][1] - boxes[largest][0]
+        need = float(np.prod(extent)) * per_voxel
+        if need > budget:
+            raise VemvizError(
+                f"label {largest} spans {' x '.join(map(str, extent))} voxels; interpolating "
+                f"its sections needs about {need / 2**20:.0f} MiB, over --memory-budget: raise "
+                "it, or mesh without --interpolate-z"
+            )
+
+    def generate() -> Iterator[mesh_mod.Surface | None]:
+        for label in labels:
+            if label not in meshed:
+                yield None
+                continue
+            start, stop = boxes[label]
+            box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+            crop = read_region(region_of(data, box))  # type: ignore[arg-type]
+            whole = tuple(slice(0, n) for n in crop.shape)
+            yield mesh_mod.label_surface(crop, whole, label, voxel, options, tuple(start))
 
     return labels, generate()
 
@@ -171,9 +248,16 @@ def mesh_blocks(
             side = (memory_budget / (max(runner.workers, 1) * _BYTES_PER_VOXEL)) ** (1 / 3)
             block = tuple(max(2, min(s, math.floor(side))) for s in padded)
         grid = Grid(padded, tuple(int(b) for b in block))  # type: ignore[arg-type]
-        tasks = _tasks(lazy(labels), grid, Path(folder))
-        runner.run(tasks, "mesh: marching cubes by blocks")
-        ids, surfaces = _surfaces([t.out for t in tasks], voxel, options)
+        data = lazy(labels)
+        interpolated = mesh_mod.section_steps(voxel, options) > 1
+        tasks = _tasks(data, grid, Path(folder), surfaces=not interpolated)
+        files = [t.out for t in tasks]
+        if interpolated:
+            runner.run(tasks, "mesh: objects' boxes by blocks")
+            ids, surfaces = _section_surfaces(data, files, voxel, options, memory_budget)
+        else:
+            runner.run(tasks, "mesh: marching cubes by blocks")
+            ids, surfaces = _surfaces(files, voxel, options)
         if not ids:
             raise VemvizError("the label volume is empty (no non-zero voxels): nothing to mesh")
         return mesh_mod.write_meshes(

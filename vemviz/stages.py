@@ -563,7 +563,8 @@ def mesh(
 
     Label volumes larger than ``memory_budget`` bytes (or any, with a dask ``scheduler``) are
     meshed by blocks (`vemviz.blockmesh`), from the same marching-cubes surfaces.
-    ``interpolate_z`` rounds off the steps of thick sections (`vemviz.mesh`; not by blocks).
+    ``interpolate_z`` rounds off the steps of thick sections (`vemviz.mesh`; by blocks, each
+    object is then meshed on its own box).
     """
     from vemviz import mesh as mesh_mod  # pyvista and trimesh load only when meshing
 
@@ -574,25 +575,17 @@ def mesh(
         opacity = 0.35 if target == "cells" else 1.0
     options = mesh_mod.MeshOptions(smooth_iterations=smooth, decimate=decimate, units=units,
                                    workers=workers, interpolate_z=interpolate_z)  # fmt: skip
-    steps = mesh_mod.section_steps(voxel, options)
+    ratio = voxel[0] / min(voxel[1], voxel[2])
+    if mesh_mod.section_steps(voxel, options) == 1 and ratio >= mesh_mod.MIN_SECTION_RATIO:
+        status(f"note: sections are {ratio:.1f}x thicker than the pixels, and every one will show "
+               "as a step on the surfaces; --interpolate-z rounds them off")  # fmt: skip
     if scheduler is not None or (memory_budget is not None and labels.nbytes > memory_budget):
         from vemviz.blockmesh import mesh_blocks
-
-        if steps > 1:
-            raise VemvizError(
-                "--interpolate-z does not work by blocks (labels larger than --memory-budget, "
-                "or a --scheduler): raise --memory-budget, or reconstruct along z with "
-                "`vemviz iso` before segmenting"
-            )
 
         return mesh_blocks(
             labels, Path(out_dir), class_name=class_name, opacity=opacity, options=options,
             write_ply=ply, memory_budget=memory_budget or labels.nbytes, scheduler=scheduler,
         )  # fmt: skip
-    ratio = voxel[0] / min(voxel[1], voxel[2])
-    if steps == 1 and ratio >= mesh_mod.MIN_SECTION_RATIO:
-        status(f"note: sections are {ratio:.1f}x thicker than the pixels, and every one will show "
-               "as a step on the surfaces; --interpolate-z rounds them off")  # fmt: skip
     return mesh_mod.mesh_labels(
         labels.numpy(), voxel, out_dir, class_name=class_name, opacity=opacity,
         options=options, write_ply=ply, largest=largest,
