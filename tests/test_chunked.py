@@ -47,6 +47,12 @@ def _chunked(stage, volume, tmp_path: Path, name: str = "out", **kw) -> np.ndarr
         (IsoBlocks(2.0, "flow"), lambda v: stages.iso(v, factor=2, method="flow")[0]),
         (IsoBlocks(3.0, "linear"), lambda v: stages.iso(v, factor=3, method="linear")[0]),
         (IsoBlocks(2.5, "cubic"), lambda v: stages.iso(v, factor=2.5, method="cubic")[0]),
+        # 40 / 8.7 nm: no p/q with a small q, so blocks start between input slices
+        (
+            IsoBlocks(40 / 8.7, "linear"),
+            lambda v: stages.iso(v, out_voxel_size=8.7, method="linear")[0],
+        ),
+        (IsoBlocks(40 / 8.7, "flow"), lambda v: stages.iso(v, out_voxel_size=8.7)[0]),
         (SrBlocks(2.0), lambda v: stages.sr(v, scale=2)[0]),
     ],
     ids=[
@@ -54,6 +60,8 @@ def _chunked(stage, volume, tmp_path: Path, name: str = "out", **kw) -> np.ndarr
         "iso-flow-x2",
         "iso-linear-x3",
         "iso-cubic-x2.5",
+        "iso-linear-to-8.7nm",
+        "iso-flow-to-8.7nm",
         "sr-x2",
     ],
 )
@@ -79,10 +87,11 @@ def test_learned_blocks_equal_the_model_in_memory(phantom, source, tmp_path, kin
     from vemviz.sr import super_resolve
 
     kind_method = "inr" if kind == "iso" else "learned"
+    factor = 40 / 17.3  # iso: no p/q with a small q, blocks start between input slices
 
     def stage(learned: Learned):
         if kind == "iso":
-            return IsoBlocks(2.0, kind_method, learned)
+            return IsoBlocks(factor, kind_method, learned)
         return SrBlocks(2.0, kind_method, learned=learned)
 
     arch = inr.Architecture(channels=8, blocks=2, hidden=8, neighbours=1)
@@ -105,8 +114,8 @@ def test_learned_blocks_equal_the_model_in_memory(phantom, source, tmp_path, kin
     model.norm = _with_volume_norm(Learned(), source, Runner(workers=1)).norm
     data = phantom.raw.numpy()
     if kind == "iso":
-        want = reconstruct_z(data, 2.0, "inr", model=model).data
-        classical = stages.iso(phantom.raw, factor=2, method="cubic")[0].numpy()
+        want = reconstruct_z(data, factor, "inr", model=model).data
+        classical = stages.iso(phantom.raw, factor=factor, method="cubic")[0].numpy()
     else:
         want = super_resolve(data, 2.0, "learned", model=model)[0]
         classical = stages.sr(phantom.raw, scale=2)[0].numpy()
@@ -234,8 +243,8 @@ def test_plan_grid_follows_the_budget() -> None:
     assert parse_memory("4GiB") == 4 * 2**30 and parse_memory("512MB") == 512 * 2**20
     with pytest.raises(VemvizError, match="memory-budget"):
         parse_memory("lots")
-    with pytest.raises(VemvizError, match="p/q"):
-        IsoBlocks(10.87, "linear")
+    with pytest.raises(VemvizError, match="factor"):
+        IsoBlocks(0.5, "linear")
 
 
 def test_cli_routes_large_inputs_to_blocks(phantom, source, tmp_path) -> None:

@@ -13,9 +13,10 @@ halo is what makes block results equal to whole-volume results:
   next one (linear; flow also on one more on each side, which bend its paths), so a block of
   output slices reads only its input slab (and one slice of halo for flow); the natural
   cubic spline is global along z, but its influence decays by ~0.27 per slice, so 16 slices of
-  halo make blocks agree to ~1e-9 of the range. Blocks start at output slices that sit on
-  input slices (multiples of ``p`` for ``F = p/q``). Flow needs whole planes; linear and cubic
-  act per pixel column, so their blocks tile y and x too.
+  halo make blocks agree to ~1e-9 of the range. Each block resamples its slab at its own part
+  of the whole volume's output positions (`iso.resample_z`), so any factor works, 50 / 4.6
+  included. Flow needs whole planes; linear and cubic act per pixel column, so their blocks
+  tile y and x too.
   ``inr`` runs in two passes: its flow half first, on slabs of whole planes (one slice of
   halo) planned from the memory budget as for ``flow``, as float32 into the work folder;
   then the network on blocks that tile y and x too, with the larger of cubic's halo and the
@@ -57,7 +58,6 @@ import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -299,16 +299,6 @@ class _FlowTask:
         return int(values.size)
 
 
-def _fraction(value: float, limit: int, what: str) -> Fraction:
-    fraction = Fraction(value).limit_denominator(limit)
-    if abs(float(fraction) - value) > 1e-9 * value:
-        raise VemvizError(
-            f"chunked {what} needs a factor p/q with q <= {limit} so that blocks start on input "
-            f"voxels (e.g. 10.875 = 87/8); got {value}"
-        )
-    return fraction
-
-
 @dataclass(frozen=True)
 class IsoBlocks(BlockStage):
     factor: float = 2.0
@@ -321,7 +311,6 @@ class IsoBlocks(BlockStage):
     def __post_init__(self) -> None:
         if not np.isfinite(self.factor) or self.factor < 1:
             raise VemvizError(f"--factor must be a number >= 1, got {self.factor}")
-        _fraction(self.factor, 16, "iso")
 
     @property
     def full_planes(self) -> bool:  # type: ignore[override]
@@ -386,50 +375,39 @@ class IsoBlocks(BlockStage):
     def report(self) -> dict[str, Any]:
         return {"method": self.method, **self.trained}
 
-    @property
-    def _pq(self) -> tuple[int, int]:
-        fraction = _fraction(self.factor, 16, "iso")
-        return fraction.numerator, fraction.denominator
-
     def out_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return (len(iso_mod.output_positions(shape[0], self.factor)), shape[1], shape[2])
 
     def voxel_size(self, voxel: VoxelSize | None) -> VoxelSize | None:
         return None if voxel is None else iso_mod.iso_voxel_size(voxel, self.factor)
 
-    def unit(self) -> tuple[int, int, int]:
-        return (self._pq[0], 1, 1)
-
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
-        p, q = self._pq
         n_z = in_shape[0]
-        k0, k1 = _span(box[0])
-        first = k0 * q // p
-        last = min(math.floor((k1 - 1) / self.factor) + 1, n_z - 1)
+        positions = iso_mod.output_positions(n_z, self.factor)[box[0]]
+        first, last = int(positions[0]), min(int(positions[-1]) + 1, n_z - 1)
         reach_z, reach = self.learned.reach if self.method == "inr" else (0, 0)
-        cubic = q * math.ceil(max(_CUBIC_HALO, reach_z) / q)
-        halo = {"cubic": cubic, "flow": q, "inr": cubic}.get(self.method, 0)
+        cubic = max(_CUBIC_HALO, reach_z)
+        halo = {"cubic": cubic, "flow": 1, "inr": cubic}.get(self.method, 0)
         low, high = max(first - halo, 0), min(last + 1 + halo, n_z)
         if high - low < 2:
-            low = (max(high - 2, 0) // q) * q
+            low = max(high - 2, 0)
         return (slice(low, high), *_grow(box, (0, reach, reach), in_shape)[1:])
 
     def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
-        p, q = self._pq
-        start = region_box[0].start * p // q  # the region's first output slice
+        """The block's output slices from its slab, at its part of the whole volume's output
+        positions counted from the slab's first slice. (A volume that ends where the slab ends
+        has the same positions up to the block's last output: the slab reaches past it.)"""
+        end = region_box[0].stop
+        positions = iso_mod.output_positions(end, self.factor)[box[0]] - region_box[0].start
         if self.method == "inr":
             assert self.flow_store is not None, "execute() runs the flow pass first"
-            positions = iso_mod.output_positions(region.shape[0], self.factor)
             synthesized = positions != np.round(positions)
-            outputs = slice(start, start + len(positions))
-            flow = read_box(Path(self.flow_store), "flow", (outputs, *region_box[1:]))
-            model = _applied_model(self.learned, "iso")
-            out = iso_mod.reconstruct_z(
-                region, self.factor, "inr", model=model, flow=flow[synthesized]
-            ).data
+            flow = read_box(Path(self.flow_store), "flow", (box[0], *region_box[1:]))
+            out = iso_mod.resample_z(region, positions, "inr", flow=flow[synthesized],
+                                     model=_applied_model(self.learned, "iso")).data  # fmt: skip
         else:
-            out = iso_mod.reconstruct_z(region, self.factor, self.method).data
-        return out[_local(box, (slice(start, start + len(out)), *region_box[1:]))]
+            out = iso_mod.resample_z(region, positions, self.method).data
+        return out[(slice(None), *_local(box, region_box)[1:])]
 
 
 # --- sr ---------------------------------------------------------------------------------

@@ -130,7 +130,6 @@ def reconstruct_z(
     *,
     model: inr.LearnedModel | None = None,
     training: inr.Training | None = None,
-    flow: np.ndarray | None = None,
 ) -> Reconstruction:
     """Resample ``stack`` (z, y, x) along z by ``factor`` (>= 1); same dtype as the input.
 
@@ -138,12 +137,35 @@ def reconstruct_z(
     ``k / factor``, and slices at whole positions are exact copies of input slices. Integer
     outputs are rounded and clipped to the dtype's range; float outputs are not clipped (the
     cubic spline may overshoot the input range slightly). For ``inr``, ``model`` skips training;
-    otherwise one is trained on ``stack`` with ``training`` (default `inr.Training`); ``flow``
-    is its flow half (`interpolate_flow` at the synthesized slices) when that was computed
-    apart (the block stages compute it on whole planes, the network on tiles).
+    otherwise one is trained on ``stack`` with ``training`` (default `inr.Training`).
     """
     _validate(stack, factor, method)
     positions = output_positions(stack.shape[0], factor)
+    if method == "inr" and model is None and (positions != np.round(positions)).any():
+        from vemviz import inr
+
+        model = inr.train_iso(stack, factor, training or inr.Training())
+    return resample_z(stack, positions, method, model=model)
+
+
+def resample_z(
+    stack: np.ndarray,
+    positions: np.ndarray,
+    method: str = "flow",
+    *,
+    model: inr.LearnedModel | None = None,
+    flow: np.ndarray | None = None,
+) -> Reconstruction:
+    """`reconstruct_z` at given input z ``positions`` (increasing, within the stack): the
+    block stages (`vemviz.blockwise`) resample a slab at its own part of the whole volume's
+    positions. ``inr`` needs its ``model``; ``flow`` is its flow half (`interpolate_flow` at
+    the non-whole positions) when that was computed apart (on whole planes, the network on
+    tiles)."""
+    _validate(stack, 1.0, method)
+    positions = np.asarray(positions, dtype=np.float64)
+    if not (np.isfinite(positions).all() and positions.min() >= 0
+            and positions.max() <= stack.shape[0] - 1):  # fmt: skip
+        raise VemvizError(f"z positions must lie within the stack's 0 .. {stack.shape[0] - 1}")
     kept = positions == np.round(positions)
     out = np.empty((len(positions), *stack.shape[1:]), dtype=stack.dtype)
     out[kept] = stack[positions[kept].astype(int)]
@@ -155,8 +177,7 @@ def reconstruct_z(
         return result
     from vemviz import inr
 
-    if model is None:
-        model = inr.train_iso(stack, factor, training or inr.Training())
+    assert model is not None, "inr resamples with a trained model"
     values, spread = inr.reconstruct_iso(model, stack, positions[~kept])
     if flow is None:
         flow = interpolate_flow(stack, positions[~kept])
