@@ -79,9 +79,11 @@ from vemviz.chunked import (
     Grid,
     Runner,
     Work,
+    create_store,
     lazy,
     mark_done,
     pending_blocks,
+    place,
     plan_grid,
     read_box,
     read_region,
@@ -306,6 +308,9 @@ class IsoBlocks(BlockStage):
     learned: Learned = field(default_factory=Learned)
     trained: dict[str, Any] = field(default_factory=dict, compare=False)
     flow_store: str | None = None  # inr: the first pass's output (set by execute)
+    uncertainty: str | None = None  # inr: OME-Zarr path for the per-voxel uncertainty
+    uncertainty_store: str | None = None  # its work-folder store and pyramid levels (execute)
+    levels: int = 0
     name = "iso"
 
     def __post_init__(self) -> None:
@@ -338,7 +343,17 @@ class IsoBlocks(BlockStage):
         slabs = self.flow_slabs(volume.shape, work, runner)  # a plane too large fails here,
         stage = _with_model(self, "iso", self.factor, volume, work)  # before training
         flow = self.flow_pass(volume, work, slabs, runner)
-        return run_blocks(replace(stage, flow_store=str(flow)), volume, work, grid, runner)
+        stage = replace(stage, flow_store=str(flow))
+        store = work.root / "uncertainty.ome.zarr"
+        if self.uncertainty is not None:
+            if not store.exists():
+                voxel = self.voxel_size(volume.voxel_size_nm)
+                create_store(store, grid, np.dtype(np.float32), voxel, Path(self.uncertainty).name)
+            stage = replace(stage, uncertainty_store=str(store), levels=grid.levels)
+        computed = run_blocks(stage, volume, work, grid, runner)
+        if self.uncertainty is not None:
+            place(store, Path(self.uncertainty))
+        return computed
 
     def flow_slabs(self, in_shape: tuple[int, int, int], work: Work, runner: Runner) -> Grid:
         """The flow half's slabs of whole output planes, planned from ``runner``'s memory budget
@@ -373,7 +388,8 @@ class IsoBlocks(BlockStage):
         return store
 
     def report(self) -> dict[str, Any]:
-        return {"method": self.method, **self.trained}
+        extra = {} if self.uncertainty is None else {"uncertainty": self.uncertainty}
+        return {"method": self.method, **self.trained, **extra}
 
     def out_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return (len(iso_mod.output_positions(shape[0], self.factor)), shape[1], shape[2])
@@ -403,8 +419,12 @@ class IsoBlocks(BlockStage):
             assert self.flow_store is not None, "execute() runs the flow pass first"
             synthesized = positions != np.round(positions)
             flow = read_box(Path(self.flow_store), "flow", (box[0], *region_box[1:]))
-            out = iso_mod.resample_z(region, positions, "inr", flow=flow[synthesized],
-                                     model=_applied_model(self.learned, "iso")).data  # fmt: skip
+            result = iso_mod.resample_z(region, positions, "inr", flow=flow[synthesized],
+                                        model=_applied_model(self.learned, "iso"))  # fmt: skip
+            if self.uncertainty_store is not None:
+                spread = result.uncertainty[(slice(None), *_local(box, region_box)[1:])]
+                write_levels(Path(self.uncertainty_store), box, spread, False, self.levels)
+            out = result.data
         else:
             out = iso_mod.resample_z(region, positions, self.method).data
         return out[(slice(None), *_local(box, region_box)[1:])]

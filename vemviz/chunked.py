@@ -512,16 +512,21 @@ def run_blocks(
     return len(tasks)
 
 
-def finish(work: Work, out: Path) -> None:
-    """Move the finished store to ``out`` (replacing it) and remove the work folder."""
+def place(store: Path, out: Path) -> None:
+    """Move a finished store to ``out``, replacing what is there."""
     out = Path(out)
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
-        work.store.rename(out)
+        store.rename(out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        work.store.rename(out)
+        store.rename(out)
+
+
+def finish(work: Work, out: Path) -> None:
+    """Move the finished store to ``out`` (replacing it) and remove the work folder."""
+    place(work.store, out)
     shutil.rmtree(work.root, ignore_errors=True)
 
 

@@ -79,7 +79,7 @@ def _chunked(
             return False
         try:
             blocks = stage()
-        except VemvizError:  # not possible by blocks (e.g. --uncertainty): in memory
+        except VemvizError:  # not possible by blocks (e.g. --uncertainty to TIFF): in memory
             return False
         need = volume.nbytes + math.prod(blocks.out_shape(volume.shape)) * blocks.bytes_per_voxel
         if need <= budget:

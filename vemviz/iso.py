@@ -116,7 +116,8 @@ _IMPLEMENTATIONS = {"linear": _linear, "cubic": _cubic, "flow": interpolate_flow
 @dataclass
 class Reconstruction:
     """`reconstruct_z` output: the volume, the inr uncertainty (float32, 0 on kept slices,
-    None for classical methods) and the inr model that produced it (trained or given)."""
+    None for classical methods) and the inr model that produced it (trained or given; None
+    when every slice was kept)."""
 
     data: np.ndarray
     uncertainty: np.ndarray | None = None
@@ -170,6 +171,9 @@ def resample_z(
     out = np.empty((len(positions), *stack.shape[1:]), dtype=stack.dtype)
     out[kept] = stack[positions[kept].astype(int)]
     result = Reconstruction(out)
+    if method == "inr":
+        result.uncertainty = np.zeros(out.shape, dtype=np.float32)
+        result.model = model
     if kept.all():
         return result
     if method != "inr":
@@ -182,9 +186,7 @@ def resample_z(
     if flow is None:
         flow = interpolate_flow(stack, positions[~kept])
     out[~kept] = to_dtype(0.5 * (values + flow), stack.dtype)
-    result.uncertainty = np.zeros(out.shape, dtype=np.float32)
     result.uncertainty[~kept] = spread
-    result.model = model
     return result
 
 

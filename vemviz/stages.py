@@ -236,19 +236,18 @@ def iso_blocks(
 ):
     """`iso` as a block stage (`vemviz.blockwise.IsoBlocks`) for volumes larger than memory;
     ``learned`` takes `iso`'s inr options (time_budget, device, seed, model, save_model); the
-    inr uncertainty is written only in memory."""
+    inr ``uncertainty`` is then written block by block too, as OME-Zarr."""
     from vemviz.blockwise import IsoBlocks
+    from vemviz.chunked import check_output
 
     inr_options = (learned.get("model"), learned.get("save_model"), uncertainty)
     factor = _iso_factor(volume, factor, out_voxel_size, method, inr_options)
-    if uncertainty is not None:
-        raise VemvizError(
-            "--uncertainty is written only for volumes that fit in memory; raise "
-            "--memory-budget above the volume's size, or leave --uncertainty out"
-        )
     if method != "inr":
         return IsoBlocks(factor, method)
-    return IsoBlocks(factor, method, _learned_blocks("iso", factor, **learned))
+    if uncertainty is not None:
+        check_output(Path(uncertainty))
+    return IsoBlocks(factor, method, _learned_blocks("iso", factor, **learned),
+                     uncertainty=None if uncertainty is None else str(uncertainty))  # fmt: skip
 
 
 def _learned_blocks(
