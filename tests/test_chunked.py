@@ -280,6 +280,17 @@ def test_cli_runs_iso_by_blocks_when_its_output_outgrows_the_budget(
     np.testing.assert_array_equal(vemviz.read_volume(tif).numpy(), want)
 
 
+def test_cli_says_when_a_volume_over_the_budget_runs_in_memory(phantom, tmp_path, capsys):
+    source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
+    path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
+    out = str(tmp_path / "out.ome.zarr")
+    assert main(["inpaint", path, "--detect", "--out", out, "--memory-budget", "2MiB"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "inpaint runs in memory (detection" in said and "above --memory-budget 2MiB" in said
+    assert main(["inpaint", path, "--slices", "9", "--out", out, "--memory-budget", "2MiB"]) == 0
+    assert "runs in memory" not in capsys.readouterr().err  # whole slices go by blocks
+
+
 def test_cli_runs_learned_methods_by_blocks(phantom, tmp_path, capsys) -> None:
     # float64 (3 MB): above the 2 MiB budget, whose 4x still holds two whole-plane blocks
     source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))

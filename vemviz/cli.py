@@ -94,6 +94,19 @@ def _chunked(
     return True
 
 
+def _in_memory(args: argparse.Namespace, volume, what: str) -> None:
+    """Say so when a command runs in memory because ``what`` has no block path, although the
+    volume is over --memory-budget or a --scheduler was given."""
+    from vemviz import chunked
+
+    over = volume.nbytes > chunked.parse_memory(args.memory_budget)
+    if over or args.scheduler is not None:
+        status(f"note: {args.command} runs in memory ({what}: no block path); the whole volume "
+               f"({volume.nbytes / 2**20:,.0f} MiB) is loaded"
+               + (f", above --memory-budget {args.memory_budget}" if over else "")
+               + (", not sent to --scheduler" if args.scheduler is not None else ""))  # fmt: skip
+
+
 def _finish(
     args: argparse.Namespace, volume, report: dict[str, Any], is_label: bool = False
 ) -> None:
@@ -179,6 +192,8 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     stage = lambda: blockwise.InpaintBlocks(slices, method=method)  # noqa: E731
     if whole_slices and _chunked(args, volume, stage):
         return
+    if not whole_slices:
+        _in_memory(args, volume, "detection, masks, --transforms, diffusion and inr fills")
     mask = read_volume(args.mask).numpy() != 0 if args.mask else None
     damaged, report = stages.damage_mask(
         volume, slices=slices, detect=args.detect, mask=mask, transforms=transforms
@@ -228,6 +243,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
         stage = lambda: blockwise.SegmentBlocks(args.target, voxel, method=method)  # noqa: E731
         if _chunked(args, volume, stage):
             return
+    else:
+        _in_memory(args, volume, "prompts, --model, --probabilities")
     labels, report = stages.segment(
         volume, target=args.target, prompts=prompts, model=args.model, method=args.method,
         probabilities=args.probabilities,
