@@ -362,6 +362,20 @@ def test_block_meshing_is_seam_free(phantom, tmp_path) -> None:
         assert b["bbox_max"] == pytest.approx(a["bbox_max"], abs=tolerance)
 
 
+def test_block_meshing_of_thick_sections_in_worker_processes(phantom, tmp_path) -> None:
+    """Interpolated thick sections by blocks: each object read on its box by the meshing
+    processes (9 cells: more than one process), the same files as in memory."""
+    from vemviz.blockmesh import mesh_blocks
+    from vemviz.mesh import MeshOptions, mesh_labels
+
+    labels = phantom.cells  # 40 nm sections of 8 nm pixels
+    options = MeshOptions(units="nm", interpolate_z=True, workers=2)
+    whole = mesh_labels(labels.numpy(), labels.voxel_size_nm, tmp_path / "whole", options=options)
+    blocks = mesh_blocks(labels, tmp_path / "blocks", options=options, block=(8, 40, 40))
+    assert len(whole["objects"]) == 9
+    assert blocks["objects"] == whole["objects"]
+
+
 def test_cli_mesh_by_blocks(phantom, tmp_path) -> None:
     path = tmp_path / "mito.ome.zarr"
     vemviz.write_volume(phantom.mito, path)

@@ -21,10 +21,11 @@ raw marching-cubes surfaces of the objects (about 40 bytes per vertex), not by t
 
 Thick sections (`vemviz.mesh.MeshOptions.interpolate_z`): shape-based interpolation works on
 each object's in-plane distance maps, which a block cannot compute from its part of the
-object. The blocks then only find every label's voxel count and bounding box; each object is
-then read on its box alone and meshed exactly as in memory (`vemviz.mesh.label_surface`), one
-after the other. Memory is bounded by the largest object's box (about `_interpolated_bytes`
-per voxel); an object over ``memory_budget`` is refused by name.
+object. The blocks then only find every label's bounding box; each object is read on its box
+alone and meshed exactly as in memory, by the same worker processes (`vemviz.mesh`'s
+``surface_mapper``). Memory is bounded by the largest objects' boxes (about
+`_interpolated_bytes` per voxel, times the processes, which are fewer when the budget asks);
+an object that does not fit alone is refused by label before any meshing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import math
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from vemviz.errors import VemvizError
 from vemviz.volume import Volume, VoxelSize
 
 _BYTES_PER_VOXEL = 48.0
+EMPTY = "the label volume is empty (no non-zero voxels): nothing to mesh"
 
 
 @dataclass(frozen=True)
@@ -132,18 +134,9 @@ def _weld(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     return unique, inverse.ravel()[np.concatenate(faces)]
 
 
-def _sizes(files: list[Path]) -> dict[int, int]:
-    """Voxels of every label, summed over the blocks."""
-    sizes: dict[int, int] = defaultdict(int)
-    for path in files:
-        with np.load(path) as data:
-            for label, count in data["voxels"].T.tolist():
-                sizes[label] += count
-    return sizes
-
-
-def _boxes(files: list[Path]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Bounding box (start, stop) of every label: the union of its boxes in the blocks."""
+def _boxes(files: list[Path]) -> list[tuple[slice, ...] | None]:
+    """Bounding box of every label (index label - 1, None where absent), as
+    `scipy.ndimage.find_objects` gives it: the union of the label's boxes in the blocks."""
     found = []
     for path in files:
         with np.load(path) as data:
@@ -153,13 +146,31 @@ def _boxes(files: list[Path]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     labels, first = np.unique(rows[:, 0], return_index=True)
     starts = np.minimum.reduceat(rows[:, 1:4], first)
     stops = np.maximum.reduceat(rows[:, 4:7], first)
-    return {int(label): (a, b) for label, a, b in zip(labels, starts, stops, strict=True)}
+    boxes: list[tuple[slice, ...] | None] = [None] * int(labels.max(initial=0))
+    for label, a, b in zip(labels.tolist(), starts.tolist(), stops.tolist(), strict=True):
+        boxes[label - 1] = tuple(slice(lo, hi) for lo, hi in zip(a, b, strict=True))
+    return boxes
+
+
+@dataclass(frozen=True)
+class _BoxReader:
+    """``reader[box]``: that box of a lazy volume as an array, read where it is asked for (in a
+    meshing worker process)."""
+
+    data: Any
+
+    def __getitem__(self, box: Box) -> np.ndarray:
+        return read_region(region_of(self.data, box))
 
 
 def _surfaces(
     files: list[Path], voxel: VoxelSize, options: mesh_mod.MeshOptions
 ) -> tuple[list[int], Iterator[mesh_mod.Surface | None]]:
-    sizes = _sizes(files)
+    sizes: dict[int, int] = defaultdict(int)
+    for path in files:
+        with np.load(path) as data:
+            for label, count in data["voxels"].T.tolist():
+                sizes[label] += count
     labels = sorted(sizes)
 
     def generate() -> Iterator[mesh_mod.Surface | None]:
@@ -188,37 +199,23 @@ def _interpolated_bytes(itemsize: int, steps: int) -> float:
     return itemsize + 1 + 8 + 8 * steps
 
 
-def _section_surfaces(
-    data: Any, files: list[Path], voxel: VoxelSize, options: mesh_mod.MeshOptions, budget: int
-) -> tuple[list[int], Iterator[mesh_mod.Surface | None]]:
-    """Every object meshed on its own box, read from ``data`` (thick sections interpolated)."""
-    sizes, boxes = _sizes(files), _boxes(files)
-    labels = sorted(sizes)
-    meshed = [label for label in labels if sizes[label] >= options.min_voxels]
-    per_voxel = _interpolated_bytes(data.dtype.itemsize, mesh_mod.section_steps(voxel, options))
-    if meshed:  # checked before any object is meshed
-        largest = max(meshed, key=lambda label: np.prod(boxes[label][1] - boxes[label][0]))
-        extent = boxes[largest][1] - boxes[largest][0]
-        need = float(np.prod(extent)) * per_voxel
-        if need > budget:
-            raise VemvizError(
-                f"label {largest} spans {' x '.join(map(str, extent))} voxels; interpolating "
-                f"its sections needs about {need / 2**20:.0f} MiB, over --memory-budget: raise "
-                "it, or mesh without --interpolate-z"
-            )
-
-    def generate() -> Iterator[mesh_mod.Surface | None]:
-        for label in labels:
-            if label not in meshed:
-                yield None
-                continue
-            start, stop = boxes[label]
-            box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-            crop = read_region(region_of(data, box))  # type: ignore[arg-type]
-            whole = tuple(slice(0, n) for n in crop.shape)
-            yield mesh_mod.label_surface(crop, whole, label, voxel, options, tuple(start))
-
-    return labels, generate()
+def _section_workers(
+    boxes: list[tuple[slice, ...] | None], per_voxel: float, options: mesh_mod.MeshOptions,
+    budget: int,
+) -> int:  # fmt: skip
+    """Meshing processes that fit ``budget`` with the largest objects in flight together;
+    an object that does not fit alone is refused by label before any meshing."""
+    ids = [i + 1 for i, box in enumerate(boxes) if box is not None]
+    largest = max(ids, key=lambda i: math.prod(s.stop - s.start for s in boxes[i - 1]))  # type: ignore[union-attr]
+    extent = [s.stop - s.start for s in boxes[largest - 1]]  # type: ignore[union-attr]
+    need = math.prod(extent) * per_voxel
+    if need > budget:
+        raise VemvizError(
+            f"label {largest} spans {' x '.join(map(str, extent))} voxels; interpolating its "
+            f"sections needs about {need / 2**20:.0f} MiB, over --memory-budget: raise it, or "
+            "mesh without --interpolate-z"
+        )
+    return max(1, min(mesh_mod.worker_count(options.workers, len(ids)), int(budget // need)))
 
 
 def mesh_blocks(
@@ -249,18 +246,28 @@ def mesh_blocks(
             block = tuple(max(2, min(s, math.floor(side))) for s in padded)
         grid = Grid(padded, tuple(int(b) for b in block))  # type: ignore[arg-type]
         data = lazy(labels)
-        interpolated = mesh_mod.section_steps(voxel, options) > 1
-        tasks = _tasks(data, grid, Path(folder), surfaces=not interpolated)
+        steps = mesh_mod.section_steps(voxel, options)
+        tasks = _tasks(data, grid, Path(folder), surfaces=steps == 1)
         files = [t.out for t in tasks]
-        if interpolated:
-            runner.run(tasks, "mesh: objects' boxes by blocks")
-            ids, surfaces = _section_surfaces(data, files, voxel, options, memory_budget)
-        else:
-            runner.run(tasks, "mesh: marching cubes by blocks")
+        runner.run(tasks, "mesh: marching cubes by blocks" if steps == 1 else
+                   "mesh: objects' boxes by blocks")  # fmt: skip
+        if steps == 1:
             ids, surfaces = _surfaces(files, voxel, options)
-        if not ids:
-            raise VemvizError("the label volume is empty (no non-zero voxels): nothing to mesh")
+            if not ids:
+                raise VemvizError(EMPTY)
+            return mesh_mod.write_meshes(
+                surfaces, len(ids), out_dir, labels.shape, voxel, class_name=class_name,
+                opacity=opacity, options=options, write_ply=write_ply,
+            )  # fmt: skip
+        boxes = _boxes(files)
+    # thick sections: every object on its own box, in meshing processes as in memory
+    ids = [i + 1 for i, box in enumerate(boxes) if box is not None]
+    if not ids:
+        raise VemvizError(EMPTY)
+    per_voxel = _interpolated_bytes(data.dtype.itemsize, steps)
+    options = replace(options, workers=_section_workers(boxes, per_voxel, options, memory_budget))
+    with mesh_mod.surface_mapper(_BoxReader(data), boxes, voxel, options, len(ids)) as surfaces:  # type: ignore[arg-type]
         return mesh_mod.write_meshes(
-            surfaces, len(ids), out_dir, labels.shape, voxel, class_name=class_name,
-            opacity=opacity, options=options, write_ply=write_ply,
+            surfaces(mesh_mod.by_box_size(ids, boxes)), len(ids), out_dir, labels.shape, voxel,
+            class_name=class_name, opacity=opacity, options=options, write_ply=write_ply,
         )  # fmt: skip

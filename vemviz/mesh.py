@@ -28,7 +28,7 @@ sections at about the in-plane spacing, and the surface is taken where the inter
 distance is zero, so outlines morph from one section into the next. Where the object ends, the
 section beyond counts as one section thickness outside everywhere, which closes the object in
 a rounded cap within that section instead of a flat step. The block path (`vemviz.blockmesh`)
-then meshes each object on its own box with the same function.
+then meshes each object on its own box, read from the store, with the same workers.
 
 Objects are meshed in parallel worker processes (``workers``; forked, so they share the label
 volume without copying it), largest bounding box first; the main process writes the files as
@@ -258,10 +258,10 @@ def label_surface(
     label: int,
     spacing: VoxelSize,
     options: MeshOptions,
-    offset: tuple[int, int, int] = (0, 0, 0),
 ) -> Surface | None:
     """Mesh one label on its bounding box plus a background margin (None if too small);
-    ``labels`` may be a part of the volume starting at voxel ``offset``.
+    ``labels`` is an array, or anything that returns one for ``labels[box]`` (the block path
+    reads each object's box from the store).
 
     An object whose full-resolution surface would exceed ``COARSEN_LIMIT`` times the face
     budget is meshed on the mean of ``f``^3 voxel blocks instead (its partial-volume fraction,
@@ -276,7 +276,7 @@ def label_surface(
                         COARSEN_LIMIT * options.max_faces)  # fmt: skip
     blocks = np.array((1, factor, factor) if steps > 1 else (factor,) * 3)  # never join sections
     field = np.pad(block_mean(crop, tuple(blocks)), 1)
-    start = np.array([s.start for s in box], dtype=np.float64) + offset
+    start = np.array([s.start for s in box], dtype=np.float64)
     voxel = np.asarray(spacing, dtype=np.float64)
     origin = (start + (blocks - 1) / 2 - blocks) * voxel  # centre of the margin block
     sampling = voxel * blocks
