@@ -286,9 +286,40 @@ def test_cli_says_when_a_volume_over_the_budget_runs_in_memory(phantom, tmp_path
     out = str(tmp_path / "out.ome.zarr")
     assert main(["inpaint", path, "--detect", "--out", out, "--memory-budget", "2MiB"]) == 0
     said = " ".join(capsys.readouterr().err.split())
-    assert "inpaint runs in memory (detection" in said and "above --memory-budget 2MiB" in said
+    assert "inpaint runs in memory (these options have no block path)" in said
+    assert "above the memory budget" in said
     assert main(["inpaint", path, "--slices", "9", "--out", out, "--memory-budget", "2MiB"]) == 0
     assert "runs in memory" not in capsys.readouterr().err  # whole slices go by blocks
+
+
+def test_pipeline_runs_its_stages_by_blocks_over_the_budget(phantom, tmp_path) -> None:
+    """A pipeline's memory_budget works as --memory-budget: every stage with a block path runs
+    by blocks into its workspace store, with the in-memory pipeline's results."""
+    from vemviz.pipeline import run_pipeline
+
+    source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
+    vemviz.write_volume(source, tmp_path / "raw.ome.zarr")
+    stages_spec = [
+        {"stage": "inpaint", "slices": [9], "method": "flow"},
+        {"stage": "iso", "factor": 2, "method": "linear"},
+        {"stage": "segment", "target": "mito", "method": "classical"},
+        {"stage": "mesh"},
+    ]
+    runs = {}
+    for budget in ("2MiB", "1GiB"):
+        config = {"input": "raw.ome.zarr", "workspace": f"ws-{budget}",
+                  "memory_budget": budget, "stages": stages_spec}  # fmt: skip
+        runs[budget] = run_pipeline(config, tmp_path)
+    blocks, memory = runs["2MiB"], runs["1GiB"]
+    assert [r.report.get("chunked", False) for r in blocks[:3]] == [True, True, True]
+    assert not any(r.report.get("chunked", False) for r in memory)
+    for a, b in zip(blocks[:2], memory[:2], strict=True):
+        np.testing.assert_array_equal(vemviz.read_volume(a.output).numpy(),
+                                      vemviz.read_volume(b.output).numpy())  # fmt: skip
+    labels = [vemviz.read_volume(r[2].output).numpy() for r in (blocks, memory)]
+    assert labels[0].max() > 0 and _same_partition(*labels)
+    assert len(blocks[3].report["objects"]) == len(memory[3].report["objects"])
+    assert blocks[3].report["objects"][0]["class"] == "mitochondrion"
 
 
 def test_cli_runs_learned_methods_by_blocks(phantom, tmp_path, capsys) -> None:

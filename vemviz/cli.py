@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vemviz import __version__, blockwise, stages
+from vemviz import __version__, stages
 from vemviz.errors import Cancelled, VemvizError
 from vemviz.io import format_of, read_volume, write_volume
 from vemviz.io.atomic import write_json
@@ -62,49 +61,21 @@ def _read(args: argparse.Namespace, attribute: str = "input"):
     return read_volume(getattr(args, attribute), args.voxel_size)
 
 
-def _chunked(
-    args: argparse.Namespace, volume, stage: Callable[[], Any], grows: bool = False
-) -> bool:
-    """Run ``stage()`` block by block when the volume exceeds --memory-budget; True if it ran.
-
-    ``grows``: the stage's output is larger than its input (iso, sr), so the in-memory run
-    would also hold the output and its working arrays (the stage's bytes per output voxel):
-    blocks are used when that exceeds the budget too.
-    """
+def _chunked(args: argparse.Namespace, volume, name: str, options: dict[str, Any]) -> bool:
+    """Run stage ``name`` with ``options`` block by block when `stages.choose_blocks` says so
+    for --memory-budget and --scheduler; True if it ran."""
     from vemviz import chunked
 
     budget = chunked.parse_memory(args.memory_budget)
-    if volume.nbytes <= budget and args.scheduler is None:
-        if not grows:
-            return False
-        try:
-            blocks = stage()
-        except VemvizError:  # not possible by blocks (e.g. --uncertainty to TIFF): in memory
-            return False
-        need = volume.nbytes + math.prod(blocks.out_shape(volume.shape)) * blocks.bytes_per_voxel
-        if need <= budget:
-            return False
-        status(f"the result needs about {need / 2**30:.1f} GiB in memory, more than "
-               f"--memory-budget {args.memory_budget}: running block by block")  # fmt: skip
+    stage = stages.choose_blocks(name, volume, options, budget, args.scheduler)
+    if stage is None:
+        return False
     report = chunked.run_chunked(
-        stage(), volume, args.out, memory_budget=budget, scheduler=args.scheduler
+        stage, volume, args.out, memory_budget=budget, scheduler=args.scheduler
     )
     _write_report(args.report, report)
     status(f"wrote {args.out} {report['shape_out']} in {report['blocks']} blocks")
     return True
-
-
-def _in_memory(args: argparse.Namespace, volume, what: str) -> None:
-    """Say so when a command runs in memory because ``what`` has no block path, although the
-    volume is over --memory-budget or a --scheduler was given."""
-    from vemviz import chunked
-
-    over = volume.nbytes > chunked.parse_memory(args.memory_budget)
-    if over or args.scheduler is not None:
-        status(f"note: {args.command} runs in memory ({what}: no block path); the whole volume "
-               f"({volume.nbytes / 2**20:,.0f} MiB) is loaded"
-               + (f", above --memory-budget {args.memory_budget}" if over else "")
-               + (", not sent to --scheduler" if args.scheduler is not None else ""))  # fmt: skip
 
 
 def _finish(
@@ -166,10 +137,9 @@ def cmd_align(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     if args.apply_transforms:
-        transforms = _read_transforms(args.apply_transforms)
-        stage = lambda: blockwise.AlignApplyBlocks(transforms, order=args.order)  # noqa: E731
-        if not _chunked(args, volume, stage):
-            out, report = stages.apply_alignment(volume, transforms, order=args.order)
+        options = {"transforms": _read_transforms(args.apply_transforms), "order": args.order}
+        if not _chunked(args, volume, "apply_alignment", options):
+            out, report = stages.apply_alignment(volume, **options)
             _finish(args, out, report, is_label=args.order == 0)
         return
     skip = tuple(parse_slice_list(args.skip, volume.shape[0])) if args.skip else ()
@@ -185,15 +155,11 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
-    blockwise_method = args.method in ("auto", "flow", "linear")
     transforms = _read_transforms(args.transforms) if args.transforms else None
-    whole_slices = not args.detect and args.mask is None and transforms is None and blockwise_method
-    method = "flow" if args.method == "auto" else args.method  # auto: flow for whole slices
-    stage = lambda: blockwise.InpaintBlocks(slices, method=method)  # noqa: E731
-    if whole_slices and _chunked(args, volume, stage):
+    options = {"slices": slices, "detect": args.detect, "method": args.method,
+               "mask": args.mask, "transforms": transforms}  # fmt: skip
+    if _chunked(args, volume, "inpaint", options):
         return
-    if not whole_slices:
-        _in_memory(args, volume, "detection, masks, --transforms, diffusion and inr fills")
     mask = read_volume(args.mask).numpy() != 0 if args.mask else None
     damaged, report = stages.damage_mask(
         volume, slices=slices, detect=args.detect, mask=mask, transforms=transforms
@@ -215,7 +181,7 @@ def cmd_iso(args: argparse.Namespace) -> None:
         time_budget=args.time_budget, device=args.device, seed=args.seed, model=args.model,
         save_model=args.save_model, uncertainty=args.uncertainty,
     )  # fmt: skip
-    if _chunked(args, volume, lambda: stages.iso_blocks(volume, **options), grows=True):
+    if _chunked(args, volume, "iso", options):
         return
     out, report = stages.iso(volume, **options)
     _finish(args, out, report)
@@ -227,7 +193,7 @@ def cmd_sr(args: argparse.Namespace) -> None:
         scale=args.scale, method=args.method, time_budget=args.time_budget, device=args.device,
         seed=args.seed, model=args.model, save_model=args.save_model,
     )  # fmt: skip
-    if _chunked(args, volume, lambda: stages.sr_blocks(volume, **options), grows=True):
+    if _chunked(args, volume, "sr", options):
         return
     out, report = stages.sr(volume, **options)
     _finish(args, out, report)
@@ -238,17 +204,11 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     volume = _read(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
-    if prompts is None and args.model is None and args.probabilities is None:
-        voxel, method = volume.voxel_size_nm, args.method
-        stage = lambda: blockwise.SegmentBlocks(args.target, voxel, method=method)  # noqa: E731
-        if _chunked(args, volume, stage):
-            return
-    else:
-        _in_memory(args, volume, "prompts, --model, --probabilities")
-    labels, report = stages.segment(
-        volume, target=args.target, prompts=prompts, model=args.model, method=args.method,
-        probabilities=args.probabilities,
-    )  # fmt: skip
+    options = {"target": args.target, "prompts": prompts, "model": args.model,
+               "method": args.method, "probabilities": args.probabilities}  # fmt: skip
+    if _chunked(args, volume, "segment", options):
+        return
+    labels, report = stages.segment(volume, **options)
     uncertain = report.get("uncertain_per_confident", 0.0)
     if uncertain > 0.25:
         status(f"warning: many uncertain voxels ({uncertain:.0%} of the confident ones), see "

@@ -22,6 +22,12 @@ renders) beside ``NN-stage.json`` holding its provenance: stage, options, vemviz
 SHA-256 of its input, the hash of its output, its duration and report. A second run skips
 every stage whose stage name, options, version and input hash are unchanged and whose output
 is still there, so editing one stage's options reruns that stage and those after it only.
+
+Large volumes: ``memory_budget = "4GiB"`` (the default) and ``scheduler = "tcp://..."``
+(optional) at the top of the file work as the CLI's ``--memory-budget`` and ``--scheduler``:
+a volume stage whose volume (or, for iso and sr, result) is over the budget runs block by
+block straight into its workspace store (`vemviz.stages.choose_blocks`), the next stage reads
+that store lazily, and ``mesh`` meshes by blocks.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from vemviz import __version__, stages
+from vemviz.chunked import DEFAULT_BUDGET, parse_memory, run_chunked
 from vemviz.errors import VemvizError
 from vemviz.io import read_volume, write_volume
 from vemviz.io.atomic import write_json
@@ -166,6 +173,8 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
         raise VemvizError("a pipeline needs 'input' and a list of [[stages]]")
     workspace = base / config.get("workspace", "workspace")
     workspace.mkdir(parents=True, exist_ok=True)
+    budget = parse_memory(str(config.get("memory_budget", DEFAULT_BUDGET)))
+    scheduler = config.get("scheduler")
     current = read_volume(base / config["input"], config.get("voxel_size"))
     current_hash = hash_volume(current)
     image: Volume | None = current
@@ -206,10 +215,20 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
             if name == "inpaint" and alignment and alignment["shape"] == list(current.shape):
                 kwargs.setdefault("transforms", alignment)  # its padding is not damage
             if name in VOLUME_STAGES:
-                current, report = VOLUME_STAGES[name](current, **kwargs)
-                write_volume(current, output, is_label=name == "segment")
+                blocks = stages.choose_blocks(name, current, kwargs, budget, scheduler)
+                if blocks is None:
+                    current, report = VOLUME_STAGES[name](current, **kwargs)
+                    write_volume(current, output, is_label=name == "segment")
+                else:
+                    report = run_chunked(blocks, current, output, memory_budget=budget,
+                                         scheduler=scheduler)  # fmt: skip
+                    target = {"target": kwargs.get("target", "mito")} if name == "segment" else {}
+                    loaded = read_volume(output)
+                    current = loaded.with_data(loaded.data, stage=name, **target)
                 output_hash = hash_volume(current)
             else:
+                if name == "mesh":  # label volumes over the budget are meshed by blocks
+                    kwargs = {"memory_budget": budget, "scheduler": scheduler, **kwargs}
                 report = _run_file_stage(name, kwargs, output, mesh_dir, labels, image, base)
                 output_hash = hash_path(output)
             meta = {k: v for k, v in current.metadata.items() if k in ("stage", "target")}

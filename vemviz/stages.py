@@ -9,6 +9,7 @@ whether it is run by hand or from a pipeline file.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,75 @@ def _iso_factor(
     if out_voxel_size is not None:
         return iso_mod.factor_for_spacing(voxel, out_voxel_size)
     return float(factor)  # type: ignore[arg-type]
+
+
+# Stages whose result is larger than their input: blocks also when the result would exceed
+# the budget in memory.
+GROWING_STAGES = ("iso", "sr")
+
+
+def block_stage(name: str, volume: Volume, options: dict[str, Any]):
+    """Stage ``name`` (`iso`, `sr`, `inpaint`, `segment`, `apply_alignment`, with their keyword
+    ``options``) as a block stage (`vemviz.blockwise`), or None where those options have no
+    block path: inpaint of other than given whole slices by flow or linear interpolation,
+    segmentation with prompts, a model file or a probability output, and alignment's
+    registration."""
+    from vemviz import blockwise
+
+    if name == "iso":
+        return iso_blocks(volume, **options)
+    if name == "sr":
+        return sr_blocks(volume, **options)
+    if name == "inpaint":
+        method = options.get("method", "auto")
+        if (options.get("detect") or options.get("mask") is not None
+                or options.get("transforms") is not None
+                or method not in ("auto", "flow", "linear")):  # fmt: skip
+            return None
+        method = "flow" if method == "auto" else method  # auto: flow for whole slices
+        return blockwise.InpaintBlocks(tuple(options.get("slices", ())), method=method)
+    if name == "segment":
+        if any(options.get(k) is not None for k in ("prompts", "model", "probabilities")):
+            return None
+        return blockwise.SegmentBlocks(options.get("target", "mito"), volume.voxel_size_nm,
+                                       method=options.get("method", "learned"))  # fmt: skip
+    if name == "apply_alignment":
+        return blockwise.AlignApplyBlocks(options["transforms"], order=options.get("order", 0))
+    return None
+
+
+def choose_blocks(
+    name: str, volume: Volume, options: dict[str, Any], memory_budget: int,
+    scheduler: str | None = None,
+):  # fmt: skip
+    """The block stage to run stage ``name`` with (`block_stage`), or None to run it in memory.
+
+    Blocks when the volume is over ``memory_budget`` bytes or a dask ``scheduler`` is given;
+    for the `GROWING_STAGES` also when their result and its working arrays (the stage's bytes
+    per output voxel) would be, where the options allow blocks. Options without a block path
+    run in memory, with a note when blocks were due.
+    """
+    over = volume.nbytes > memory_budget
+    if over or scheduler is not None:
+        stage = block_stage(name, volume, options)
+        if stage is None:
+            status(f"note: {name} runs in memory (these options have no block path); the whole "
+                   f"volume ({volume.nbytes / 2**20:,.0f} MiB) is loaded"
+                   + (", above the memory budget" if over else "")
+                   + (", not sent to the scheduler" if scheduler is not None else ""))  # fmt: skip
+        return stage
+    if name not in GROWING_STAGES:
+        return None
+    try:
+        stage = block_stage(name, volume, options)
+    except VemvizError:  # not possible by blocks (e.g. an uncertainty to TIFF): in memory
+        return None
+    need = volume.nbytes + math.prod(stage.out_shape(volume.shape)) * stage.bytes_per_voxel
+    if need <= memory_budget:
+        return None
+    status(f"the result needs about {need / 2**30:.1f} GiB in memory, more than the memory "
+           "budget: running block by block")  # fmt: skip
+    return stage
 
 
 def iso_blocks(
