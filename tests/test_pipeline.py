@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import vemviz
 from vemviz import VemvizError, write_volume
 from vemviz.demo import run_demo
 from vemviz.phantom import make_phantom
-from vemviz.pipeline import load_pipeline, run_pipeline
+from vemviz.pipeline import code_fingerprint, load_pipeline, run_pipeline
 
 PIPELINE = """
 input = "raw.tif"
@@ -52,6 +55,7 @@ def test_second_run_skips_and_option_change_reruns_downstream(tmp_path):
         == json.loads((tmp_path / "ws" / "01-inpaint.json").read_text())["output_hash"]
     )
     assert record["vemviz_version"] and record["report"]["slices_out"] == 19
+    assert record["vemviz_code"] == code_fingerprint()
     second = run_pipeline(*_write(tmp_path, 2))
     assert [r.skipped for r in second] == [True] * 4
     third = run_pipeline(*_write(tmp_path, 3))
@@ -59,6 +63,18 @@ def test_second_run_skips_and_option_change_reruns_downstream(tmp_path):
     assert third[1].report["slices_out"] == 28
     manifest = json.loads((tmp_path / "ws" / "04-mesh" / "manifest.json").read_text())
     assert manifest["voxel_size_nm"] == pytest.approx([40 / 3, 8, 8])
+
+
+def test_code_fingerprint_follows_the_code_not_its_caches(tmp_path):
+    package = tmp_path / "vemviz"
+    shutil.copytree(Path(vemviz.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "weights"))  # fmt: skip
+    before = code_fingerprint(package)
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "iso.cpython-311.pyc").write_bytes(b"compiled")
+    assert code_fingerprint(package) == before
+    (package / "iso.py").write_text((package / "iso.py").read_text() + "# changed\n")
+    assert code_fingerprint(package) != before
 
 
 def test_pipeline_rejects_unknown_stage_and_option(tmp_path):

@@ -20,8 +20,9 @@ label volume; `render` and `export-unity` use the latest mesh folder. Every stag
 kept in the workspace (``NN-stage.ome.zarr`` for volumes, folders for meshes, files for
 renders) beside ``NN-stage.json`` holding its provenance: stage, options, vemviz version, the
 SHA-256 of its input, the hash of its output, its duration and report. A second run skips
-every stage whose stage name, options, version and input hash are unchanged and whose output
-is still there, so editing one stage's options reruns that stage and those after it only.
+every stage whose stage name, options, version, code (`code_fingerprint`) and input hash are
+unchanged and whose output is still there, so editing one stage's options reruns that stage
+and those after it only, and a changed vemviz reruns them all.
 
 Large volumes: ``memory_budget = "4GiB"`` (the default) and ``scheduler = "tcp://..."``
 (optional) at the top of the file work as the CLI's ``--memory-budget`` and ``--scheduler``:
@@ -86,14 +87,25 @@ def hash_volume(volume: Volume) -> str:
     return digest.hexdigest()
 
 
-def hash_path(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (names and bytes, sorted)."""
+def hash_path(path: Path, ignore: str | None = None) -> str:
+    """SHA-256 of a file, or of a folder's files (names and bytes, sorted), leaving out files
+    under folders named ``ignore``."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and ignore not in p.parts)
+        if path.is_dir() else [path]
+    )  # fmt: skip
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def code_fingerprint(package: Path = Path(__file__).parent) -> str:
+    """SHA-256 of the package's files (code and shipped weights, not compiled caches): a stage
+    reruns when the code that made its output changed, also between two checkouts of one
+    version."""
+    return hash_path(package, ignore="__pycache__")
 
 
 def load_pipeline(path: str | Path) -> tuple[dict[str, Any], Path]:
@@ -173,6 +185,7 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
         raise VemvizError("a pipeline needs 'input' and a list of [[stages]]")
     workspace = base / config.get("workspace", "workspace")
     workspace.mkdir(parents=True, exist_ok=True)
+    code = code_fingerprint()
     budget = parse_memory(str(config.get("memory_budget", DEFAULT_BUDGET)))
     scheduler = config.get("scheduler")
     current = read_volume(base / config["input"], config.get("voxel_size"))
@@ -198,7 +211,7 @@ def run_pipeline(config: dict[str, Any], base: Path, *, force: bool = False) -> 
         else:
             output = workspace / (f"{stem}.png" if name == "render" else stem)
         expected = {"stage": name, "options": spec, "vemviz_version": __version__,
-                    "input_hash": current_hash}  # fmt: skip
+                    "vemviz_code": code, "input_hash": current_hash}  # fmt: skip
         record_path = workspace / f"{stem}.json"
         previous = None if force else _provenance_matches(record_path, output, expected)
         started = time.perf_counter()
