@@ -69,12 +69,12 @@ def test_code_fingerprint_follows_the_code_not_its_caches(tmp_path):
     package = tmp_path / "vemviz"
     shutil.copytree(Path(vemviz.__file__).parent, package,
                     ignore=shutil.ignore_patterns("__pycache__", "weights"))  # fmt: skip
-    before = code_fingerprint(package)
+    before = code_fingerprint([package])
     (package / "__pycache__").mkdir()
     (package / "__pycache__" / "iso.cpython-311.pyc").write_bytes(b"compiled")
-    assert code_fingerprint(package) == before
+    assert code_fingerprint([package]) == before
     (package / "iso.py").write_text((package / "iso.py").read_text() + "# changed\n")
-    assert code_fingerprint(package) != before
+    assert code_fingerprint([package]) != before
 
 
 def test_pipeline_rejects_unknown_stage_and_option(tmp_path):

@@ -38,6 +38,7 @@ import inspect
 import json
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from vemviz.errors import VemvizError
 from vemviz.io import read_volume, write_volume
 from vemviz.io.atomic import write_json
 from vemviz.progress import status
+from vemviz.render import RENDER_SCRIPT
 from vemviz.segment import read_prompts
 from vemviz.volume import Volume
 
@@ -101,11 +103,19 @@ def hash_path(path: Path, ignore: str | None = None) -> str:
     return digest.hexdigest()
 
 
-def code_fingerprint(package: Path = Path(__file__).parent) -> str:
-    """SHA-256 of the package's files (code and shipped weights, not compiled caches): a stage
-    reruns when the code that made its output changed, also between two checkouts of one
+# What the stages run: this package (code and shipped weights), the Unity exporter beside it and
+# the Blender render script.
+CODE = (Path(__file__).parent, Path(__file__).parents[1] / "unity_bridge", RENDER_SCRIPT)
+
+
+def code_fingerprint(paths: Sequence[Path] = CODE) -> str:
+    """SHA-256 of the files the stages run (``paths`` that exist; compiled caches left out): a
+    stage reruns when the code that made its output changed, also between two checkouts of one
     version."""
-    return hash_path(package, ignore="__pycache__")
+    digest = hashlib.sha256()
+    for path in (p for p in paths if p.exists()):
+        digest.update(hash_path(path, ignore="__pycache__").encode())
+    return digest.hexdigest()
 
 
 def load_pipeline(path: str | Path) -> tuple[dict[str, Any], Path]:
