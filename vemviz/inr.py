@@ -396,6 +396,7 @@ def _train(
     training: Training,
     device: torch.device,
     spacing: float = 1.0,
+    norm: tuple[float, float] | None = None,
 ) -> LearnedModel:
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
@@ -421,9 +422,8 @@ def _train(
         optimiser.step()
         losses.append(float(loss.detach()))
     net.eval()
-    return LearnedModel(
-        kind, factor, training.architecture, net, spacing, losses, time.perf_counter() - start
-    )
+    seconds = time.perf_counter() - start
+    return LearnedModel(kind, factor, training.architecture, net, spacing, losses, seconds, norm)
 
 
 def _loss(kind: str, net: LocalImplicitNet, samples: list, device: torch.device) -> torch.Tensor:
@@ -474,9 +474,7 @@ def train_iso(
     def sampler(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         return _iso_sample(planes, factor, neighbours, rows, patch, rng)
 
-    model = _train("iso", factor, sampler, training, device, spacing=factor)
-    model.norm = norm
-    return model
+    return _train("iso", factor, sampler, training, device, spacing=factor, norm=norm)
 
 
 def train_gap(
@@ -535,9 +533,7 @@ def train_sr(
 
     # a slice's neighbours in z have no counterpart in its downsampled training copies
     training = replace(training, architecture=replace(training.architecture, neighbours=0))
-    model = _train("sr", scale, sampler, training, device)
-    model.norm = norm
-    return model
+    return _train("sr", scale, sampler, training, device, norm=norm)
 
 
 def _check_stack(stack: np.ndarray) -> None:

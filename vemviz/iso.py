@@ -59,15 +59,13 @@ def output_positions(n_slices: int, factor: float) -> np.ndarray:
     return np.minimum(np.arange(n_out) / factor, n_slices - 1)
 
 
-def _validate(stack: np.ndarray, factor: float, method: str) -> None:
+def _validate(stack: np.ndarray, method: str) -> None:
     if method not in METHODS:
         raise VemvizError(f"unknown iso method {method!r}; choose one of {', '.join(METHODS)}")
     if stack.ndim != 3:
         raise VemvizError(f"iso needs a 3D (z, y, x) volume, not {stack.ndim}-D")
     if stack.shape[0] < 2:
         raise VemvizError("isotropic reconstruction needs at least 2 z slices")
-    if not np.isfinite(factor) or factor < 1:
-        raise VemvizError(f"--factor must be a number >= 1, got {factor}")
 
 
 def _bracket(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +115,7 @@ _IMPLEMENTATIONS = {"linear": _linear, "cubic": _cubic, "flow": interpolate_flow
 class Reconstruction:
     """`reconstruct_z` output: the volume, the inr uncertainty (float32, 0 on kept slices,
     None for classical methods) and the inr model that produced it (trained or given; None
-    when every slice was kept)."""
+    when none was given and every slice was kept)."""
 
     data: np.ndarray
     uncertainty: np.ndarray | None = None
@@ -140,7 +138,9 @@ def reconstruct_z(
     cubic spline may overshoot the input range slightly). For ``inr``, ``model`` skips training;
     otherwise one is trained on ``stack`` with ``training`` (default `inr.Training`).
     """
-    _validate(stack, factor, method)
+    _validate(stack, method)
+    if not np.isfinite(factor) or factor < 1:
+        raise VemvizError(f"--factor must be a number >= 1, got {factor}")
     positions = output_positions(stack.shape[0], factor)
     if method == "inr" and model is None and (positions != np.round(positions)).any():
         from vemviz import inr
@@ -162,7 +162,7 @@ def resample_z(
     positions. ``inr`` needs its ``model``; ``flow`` is its flow half (`interpolate_flow` at
     the non-whole positions) when that was computed apart (on whole planes, the network on
     tiles)."""
-    _validate(stack, 1.0, method)
+    _validate(stack, method)
     positions = np.asarray(positions, dtype=np.float64)
     if not (np.isfinite(positions).all() and positions.min() >= 0
             and positions.max() <= stack.shape[0] - 1):  # fmt: skip
