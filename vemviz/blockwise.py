@@ -69,6 +69,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.filters import threshold_otsu
 
 from vemviz import align as align_mod
+from vemviz import intensity
 from vemviz import iso as iso_mod
 from vemviz import restore as restore_mod
 from vemviz import segment as segment_mod
@@ -784,7 +785,7 @@ def imaged_slices(volume: Volume, runner: Runner) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _CountsTask:
-    """`segment.value_counts` of the given slices of a slab, or their (min, max) when the
+    """`intensity.value_counts` of the given slices of a slab, or their (min, max) when the
     dtype needs a range first."""
 
     region: Any
@@ -793,9 +794,9 @@ class _CountsTask:
 
     def __call__(self) -> np.ndarray | tuple[float, float]:
         values = read_region(self.region)[self.slices]
-        if self.value_range is None and not segment_mod.value_counts_exact(values.dtype):
+        if self.value_range is None and not intensity.value_counts_exact(values.dtype):
             return float(values.min()), float(values.max())
-        return segment_mod.value_counts(values, self.value_range)
+        return intensity.value_counts(values, self.value_range)
 
 
 def intensity_range(volume: Volume, imaged: np.ndarray, runner: Runner) -> tuple[float, float]:
@@ -807,12 +808,12 @@ def intensity_range(volume: Volume, imaged: np.ndarray, runner: Runner) -> tuple
         if len(local):
             tasks.append(_CountsTask(region, local))
     value_range = None
-    if not segment_mod.value_counts_exact(volume.dtype):
+    if not intensity.value_counts_exact(volume.dtype):
         ranges = runner.run(tasks, "segment: intensity range")
         value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
         tasks = [replace(task, value_range=value_range) for task in tasks]
     counts = np.sum(runner.run(tasks, "segment: intensity histogram"), axis=0)
-    return segment_mod.range_from_counts(counts, volume.dtype, value_range)
+    return intensity.range_from_counts(counts, volume.dtype, value_range)
 
 
 def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:

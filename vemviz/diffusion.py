@@ -60,6 +60,7 @@ import numpy as np
 from vemviz import damage
 from vemviz.errors import VemvizError
 from vemviz.flow import cached_pair_flows, curved_pair_flows, warp_pair
+from vemviz.intensity import range_from_counts, value_counts, value_counts_exact
 from vemviz.progress import track
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
 WEIGHTS = Path(__file__).parent / "weights" / "inpaint_diffusion"
 CONDITION_CHANNELS = 5
+INTENSITY_PERCENTILES = (0.5, 99.5)  # the range mapped to -1..1
 MODEL_CONFIG: dict[str, Any] = {
     "in_channels": 1 + CONDITION_CHANNELS,
     "out_channels": 1,
@@ -106,12 +108,22 @@ def _torch():
 
 
 def intensity_range(stack: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
-    """The 0.5-99.5 percentile range of the undamaged voxels (mapped to -1..1)."""
+    """The 0.5-99.5 percentile range of the undamaged voxels (mapped to -1..1), from their
+    histogram (`vemviz.intensity`), so a volume streamed in slabs gets the same range."""
     values = stack[~mask] if mask is not None and mask.any() else stack.ravel()
     if values.size == 0:
         values = stack.ravel()
-    step = max(1, values.size // 2_000_000)
-    low, high = np.percentile(values[::step], [0.5, 99.5])
+    value_range = None
+    if not value_counts_exact(values.dtype):
+        value_range = (float(values.min()), float(values.max()))
+    return range_of_counts(value_counts(values, value_range), values.dtype, value_range)
+
+
+def range_of_counts(
+    counts: np.ndarray, dtype: np.dtype, value_range: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """`intensity_range` from the histogram of the undamaged voxels (`vemviz.intensity`)."""
+    low, high = range_from_counts(counts, dtype, value_range, INTENSITY_PERCENTILES)
     return float(low), float(max(high, low + 1e-6))
 
 

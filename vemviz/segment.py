@@ -52,6 +52,7 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from vemviz.errors import VemvizError
+from vemviz.intensity import range_from_counts, value_counts, value_counts_exact
 from vemviz.volume import VoxelSize
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 
 TARGETS = ("mito", "cells")
 NORMALISATION_SLICES = 64
-FLOAT_BINS = 65536
 
 
 def _sigma_voxels(sigma_nm: float, voxel_size_nm: VoxelSize) -> tuple[float, ...]:
@@ -84,50 +84,6 @@ def normalisation_slices(imaged: np.ndarray) -> np.ndarray:
     k chosen so that 64 to 127 of them are used."""
     index = np.flatnonzero(imaged)
     return index[:: max(len(index) // NORMALISATION_SLICES, 1)]
-
-
-def value_counts_exact(dtype: np.dtype) -> bool:
-    """Whether `value_counts` counts every value exactly (8- and 16-bit integers)."""
-    return np.issubdtype(dtype, np.integer) and np.dtype(dtype).itemsize <= 2
-
-
-def value_counts(values: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Histogram for `range_from_counts`: one bin per value from the dtype's minimum for 8- and
-    16-bit integers (exact), else `FLOAT_BINS` bins over ``value_range`` (min, max)."""
-    if value_counts_exact(values.dtype):
-        info = np.iinfo(values.dtype)
-        shifted = values.astype(np.int64).ravel() - info.min
-        return np.bincount(shifted, minlength=info.max - info.min + 1)
-    return np.histogram(values.astype(np.float32), bins=FLOAT_BINS, range=value_range)[0]
-
-
-def range_from_counts(
-    counts: np.ndarray, dtype: np.dtype, value_range: tuple[float, float] | None = None
-) -> tuple[float, float]:
-    """The 1st and 99th percentiles (numpy's linear rule) of the values `value_counts` counted.
-
-    Exact for 8- and 16-bit integers; for other types the values are the bins' centres. Counts
-    add up over blocks, so a volume streamed in pieces gets the same range as in memory.
-    """
-    if value_counts_exact(dtype):
-        values = np.arange(len(counts), dtype=np.float64) + np.iinfo(dtype).min
-    else:
-        low, high = value_range  # type: ignore[misc]
-        if high <= low:
-            return float(low), float(high)
-        edges = np.linspace(low, high, FLOAT_BINS + 1)
-        values = (edges[:-1] + edges[1:]) / 2
-    total, cumulative = int(counts.sum()), np.cumsum(counts)
-    if total == 0:
-        raise VemvizError("no voxels to take the intensity range from")
-    result = []
-    for q in (1, 99):
-        position = (total - 1) * q / 100
-        k = int(np.floor(position))
-        a = values[np.searchsorted(cumulative, k, side="right")]
-        b = values[np.searchsorted(cumulative, min(k + 1, total - 1), side="right")]
-        result.append(float(a + (position - k) * (b - a)))
-    return result[0], result[1]
 
 
 def intensity_range(image: np.ndarray, imaged: np.ndarray | None = None) -> tuple[float, float]:
