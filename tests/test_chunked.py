@@ -21,6 +21,7 @@ from vemviz.blockwise import (
 )
 from vemviz.chunked import Work, parse_memory, plan_grid, run_chunked
 from vemviz.cli import main
+from vemviz.damage import simulate_damage
 from vemviz.errors import VemvizError
 
 BLOCK = (8, 64, 64)
@@ -162,6 +163,25 @@ def test_align_apply_blocks(phantom, tmp_path) -> None:
     np.testing.assert_array_equal(got, aligned)
 
 
+@pytest.mark.parametrize("mode", ["rigid", "elastic"])
+def test_align_by_blocks_equals_in_memory(phantom, tmp_path, mode) -> None:
+    """Registration reads the sections a few at a time (elastic also warps them one at a
+    time), the blocks apply the transforms: the in-memory stack, report and transforms."""
+    stack = phantom.raw.numpy().astype(np.float64)  # 3 MB, over the 2 MiB budget
+    shifted = np.stack([np.roll(s, (z % 3, -(z % 2)), axis=(0, 1)) for z, s in enumerate(stack)])
+    path = vemviz.write_volume(phantom.raw.with_data(shifted), tmp_path / "s.ome.zarr")
+    out, report_path = tmp_path / "a.ome.zarr", tmp_path / "r.json"
+    args = ["align", str(path), "--mode", mode, "--out", str(out), "--memory-budget", "2MiB",
+            "--report", str(report_path)]  # fmt: skip
+    assert main(args) == 0
+    want, report = align_stack(shifted, mode)
+    np.testing.assert_array_equal(vemviz.read_volume(out).numpy(), want)
+    saved = json.loads((tmp_path / "a.ome.zarr.transforms.json").read_text())["transforms"]
+    assert saved == json.loads(json.dumps(report["transforms"]))
+    blocks = json.loads(report_path.read_text())
+    assert blocks["blocks"] > 1 and blocks["mean_ncc_after"] == report["mean_ncc_after"]
+
+
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
     return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
@@ -208,9 +228,9 @@ def test_resume_skips_finished_blocks(phantom, source, tmp_path) -> None:
 
 
 def test_costliest_blocks_are_sent_first(source, tmp_path) -> None:
-    from vemviz.chunked import Grid, pending_blocks
+    from vemviz.chunked import Grid, Runner, pending_blocks
 
-    stage = InpaintBlocks((20, 21), method="flow")
+    stage = InpaintBlocks((20, 21), method="flow").prepare(source, Runner(workers=1))
     grid = Grid(source.shape, (4, *source.shape[1:]))
     order = [i for i, *_ in pending_blocks(stage, source, Work.beside(tmp_path / "o"), grid)]
     assert order[0] == 5 and sorted(order) == list(range(len(grid)))
@@ -284,12 +304,43 @@ def test_cli_says_when_a_volume_over_the_budget_runs_in_memory(phantom, tmp_path
     source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
     path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
     out = str(tmp_path / "out.ome.zarr")
-    assert main(["inpaint", path, "--detect", "--out", out, "--memory-budget", "2MiB"]) == 0
+    fine_tune = ["--slices", "9", "--fine-tune", "1"]  # fine-tuning needs the whole volume
+    assert main(["inpaint", path, *fine_tune, "--out", out, "--memory-budget", "2MiB"]) == 0
     said = " ".join(capsys.readouterr().err.split())
     assert "inpaint runs in memory (these options have no block path)" in said
     assert "above the memory budget" in said
     assert main(["inpaint", path, "--slices", "9", "--out", out, "--memory-budget", "2MiB"]) == 0
     assert "runs in memory" not in capsys.readouterr().err  # whole slices go by blocks
+
+
+def test_damage_detection_and_masked_fills_by_blocks_equal_in_memory(phantom, tmp_path) -> None:
+    """Detection streams the slices, the damage mask is written to the work folder and the
+    fills (flow for the missing slice, diffusion for the band and the blotch) run by blocks:
+    the in-memory result; likewise a given mask through the CLI, whose mask is written out."""
+    damaged, _ = simulate_damage(phantom.raw.numpy(), [(5, "band"), (14, "blotch")], seed=1)
+    volume = phantom.raw.with_data(damaged.astype(np.float64))  # 3 MB
+    path = vemviz.write_volume(volume, tmp_path / "damaged.ome.zarr")
+    want, report = stages.inpaint(volume, detect=True)
+    assert report["methods"] == {5: "diffusion", 9: "flow", 14: "diffusion"}
+    blocks = run_chunked(InpaintBlocks(detect=True), vemviz.read_volume(path),
+                         tmp_path / "detected.ome.zarr", block=BLOCK, workers=2)  # fmt: skip
+    got = vemviz.read_volume(tmp_path / "detected.ome.zarr").numpy()
+    np.testing.assert_array_equal(got, want.numpy())
+    assert blocks["blocks"] > 1 and blocks["methods"] == report["methods"]
+    assert blocks["detection"]["flagged"] == [5, 9, 14]
+
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[5, 10:40, 20:70] = 1
+    mask[9] = 1
+    mask_path = vemviz.write_volume(volume.with_data(mask), tmp_path / "mask.tif")
+    out, mask_out, report_path = (tmp_path / n for n in ("o.ome.zarr", "m.ome.zarr", "r.json"))
+    args = ["inpaint", str(path), "--mask", str(mask_path), "--mask-out", str(mask_out),
+            "--out", str(out), "--memory-budget", "2MiB", "--report", str(report_path)]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(report_path.read_text())["blocks"] > 1
+    want = stages.inpaint(volume, mask=mask != 0)[0].numpy()
+    np.testing.assert_array_equal(vemviz.read_volume(out).numpy(), want)
+    np.testing.assert_array_equal(vemviz.read_volume(mask_out).numpy(), mask)
 
 
 def test_pipeline_runs_its_stages_by_blocks_over_the_budget(phantom, tmp_path) -> None:
@@ -300,7 +351,8 @@ def test_pipeline_runs_its_stages_by_blocks_over_the_budget(phantom, tmp_path) -
     source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
     vemviz.write_volume(source, tmp_path / "raw.ome.zarr")
     stages_spec = [
-        {"stage": "inpaint", "slices": [9], "method": "flow"},
+        {"stage": "align", "mode": "elastic"},
+        {"stage": "inpaint", "slices": [9], "method": "flow"},  # off the alignment's padding
         {"stage": "iso", "factor": 2, "method": "linear"},
         {"stage": "segment", "target": "mito", "method": "classical"},
         {"stage": "mesh"},
@@ -311,15 +363,16 @@ def test_pipeline_runs_its_stages_by_blocks_over_the_budget(phantom, tmp_path) -
                   "memory_budget": budget, "stages": stages_spec}  # fmt: skip
         runs[budget] = run_pipeline(config, tmp_path)
     blocks, memory = runs["2MiB"], runs["1GiB"]
-    assert [r.report.get("chunked", False) for r in blocks[:3]] == [True, True, True]
+    assert [r.report.get("chunked", False) for r in blocks[:4]] == [True] * 4
     assert not any(r.report.get("chunked", False) for r in memory)
-    for a, b in zip(blocks[:2], memory[:2], strict=True):
+    assert blocks[0].report["transforms"] == json.loads(json.dumps(memory[0].report["transforms"]))
+    for a, b in zip(blocks[:3], memory[:3], strict=True):
         np.testing.assert_array_equal(vemviz.read_volume(a.output).numpy(),
                                       vemviz.read_volume(b.output).numpy())  # fmt: skip
-    labels = [vemviz.read_volume(r[2].output).numpy() for r in (blocks, memory)]
+    labels = [vemviz.read_volume(r[3].output).numpy() for r in (blocks, memory)]
     assert labels[0].max() > 0 and _same_partition(*labels)
-    assert len(blocks[3].report["objects"]) == len(memory[3].report["objects"])
-    assert blocks[3].report["objects"][0]["class"] == "mitochondrion"
+    assert len(blocks[4].report["objects"]) == len(memory[4].report["objects"])
+    assert blocks[4].report["objects"][0]["class"] == "mitochondrion"
 
 
 def test_cli_runs_learned_methods_by_blocks(phantom, tmp_path, capsys) -> None:

@@ -64,13 +64,17 @@ from its neighbourhood in z. The mesh is interpolated bicubically to a dense fie
 Every transform is stored in the report (2x3 matrices, and for ``elastic`` the coarse mesh of
 ``(dx, dy)`` pixels) so that `apply_transforms` can re-apply it to another volume of the same
 shape, e.g. labels with ``order=0``. Output dtype = input dtype; pixels mapped from outside a
-section are 0.
+section are 0. `register_sections` computes the report from a `vemviz.slices.SliceSource`,
+which holds only a few sections at a time (each with its previous good neighbours; the
+elastic flows and the NCCs after alignment warp the sections one at a time), so a stack on
+disk need not fit in memory; `align_stack` is it for an array, followed by `apply_transforms`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -81,6 +85,7 @@ import scipy.sparse.linalg
 from vemviz.errors import VemvizError
 from vemviz.flow import dense_flow, to_dtype, to_uint8_pair
 from vemviz.progress import track
+from vemviz.slices import SliceSource
 
 MODES = ("rigid", "affine", "elastic")
 ORDERS = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}
@@ -136,8 +141,8 @@ def ncc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(x * y) / denom) if denom > 0 else 0.0
 
 
-def _bad_sections(stack: np.ndarray, skip: Sequence[int]) -> list[int]:
-    stds = [float(section.std()) for section in stack]
+def _bad_sections(source: SliceSource, skip: Sequence[int]) -> list[int]:
+    stds = [float(source.image(z).std()) for z in range(len(source))]
     listed = set(skip)
     kept = [s for z, s in enumerate(stds) if z not in listed]
     limit = _BLANK_STD_FRACTION * float(np.median(kept)) if kept else 0.0
@@ -366,19 +371,20 @@ def _mesh_shape(shape: tuple[int, int], spacing: int) -> tuple[int, int]:
 
 
 def _elastic_meshes(
-    aligned: np.ndarray,
+    aligned: Callable[[int], np.ndarray],
     good: list[int],
     pairs: list[tuple[int, int]],
     spacing: int,
     stiffness: float,
 ) -> dict[int, np.ndarray]:
-    """Per good section, a (gh, gw, 2) mesh of (dx, dy) solved jointly over all pairs."""
-    gh, gw = _mesh_shape(aligned.shape[1:], spacing)
+    """Per good section, a (gh, gw, 2) mesh of (dx, dy) solved jointly over all pairs
+    (``aligned(z)``: section z rigidly aligned)."""
+    gh, gw = _mesh_shape(aligned(good[0]).shape, spacing)
     index = {z: i for i, z in enumerate(good)}
     system = scipy.sparse.lil_matrix(stiffness * scipy.sparse.eye(len(good)))
     rhs = np.zeros((len(good), gh * gw * 2))
     for z, k in track(pairs, "Elastic flow"):
-        flow = dense_flow(*to_uint8_pair(aligned[z], aligned[k]))
+        flow = dense_flow(*to_uint8_pair(aligned(z), aligned(k)))
         coarse = cv2.resize(flow, (gw, gh), interpolation=cv2.INTER_AREA).ravel()
         i, j = index[z], index[k]
         # normal equations of D_k - D_z = flow
@@ -459,21 +465,29 @@ def apply_transforms(stack: np.ndarray, transforms: dict[str, Any], order: int =
         raise VemvizError(f"interpolation order must be 0, 1 or 3, got {order}")
     if stack.ndim != 3:
         raise VemvizError(f"alignment needs a (z, y, x) stack, got {stack.ndim} dimensions")
-    _check_shape(transforms, stack.shape)
-    meshes = transforms.get("displacements") or [None] * stack.shape[0]
+    check_transforms_shape(transforms, stack.shape)
     out = np.empty_like(stack)
     for z in track(range(stack.shape[0]), "Warping sections"):
-        mesh = None if meshes[z] is None else np.asarray(meshes[z], dtype=np.float64)
-        maps = _sample_maps(np.asarray(transforms["matrices"][z]), mesh, stack.shape[1:])
-        out[z] = _warp_section(stack[z], *maps, order)
+        out[z] = transform_section(stack[z], transforms, z, order)
     return out
+
+
+def transform_section(
+    section: np.ndarray, transforms: dict[str, Any], z: int, order: int = 1
+) -> np.ndarray:
+    """Section ``z`` (y, x) of a stack warped by its transform in ``transforms``."""
+    meshes = transforms.get("displacements")
+    mesh = None if not meshes or meshes[z] is None else np.asarray(meshes[z], dtype=np.float64)
+    maps = _sample_maps(np.asarray(transforms["matrices"][z]), mesh, section.shape)
+    return _warp_section(section, *maps, order)
 
 
 # --------------------------------------------------------------------------------- public
 
 
-def _valid_mask(transforms: dict[str, Any] | None, z: int, shape: tuple[int, int]) -> np.ndarray:
-    """Output pixels of section z that sample inside the section (all of them if untransformed)."""
+def section_mask(transforms: dict[str, Any] | None, z: int, shape: tuple[int, int]) -> np.ndarray:
+    """(y, x) bool: the output pixels of section ``z`` that sample inside the section (all of
+    them if untransformed); one slice of `section_masks`."""
     if transforms is None:
         return np.ones(shape, bool)
     mesh = transforms["displacements"][z] if transforms["displacements"] else None
@@ -486,12 +500,12 @@ def section_masks(transforms: dict[str, Any], shape: tuple[int, ...]) -> np.ndar
     """(z, y, x) bool for the aligned stack of ``shape``: True where it shows its own section,
     False on the padding (output pixels that sample outside the section, which
     `apply_transforms` sets to 0)."""
-    _check_shape(transforms, shape)
+    check_transforms_shape(transforms, shape)
     n, height, width = shape
-    return np.stack([_valid_mask(transforms, z, (height, width)) for z in range(n)])
+    return np.stack([section_mask(transforms, z, (height, width)) for z in range(n)])
 
 
-def _check_shape(transforms: dict[str, Any], shape: tuple[int, ...]) -> None:
+def check_transforms_shape(transforms: dict[str, Any], shape: tuple[int, ...]) -> None:
     if list(shape) != list(transforms.get("shape", [])):
         raise VemvizError(
             f"the transforms were computed for shape {transforms.get('shape')}, not {list(shape)}"
@@ -499,19 +513,23 @@ def _check_shape(transforms: dict[str, Any], shape: tuple[int, ...]) -> None:
 
 
 def _consecutive_ncc(
-    stack: np.ndarray, transforms: dict[str, Any] | None, bad: list[int]
+    section: Callable[[int], np.ndarray],
+    shape: tuple[int, int, int],
+    transforms: dict[str, Any] | None,
+    bad: list[int],
 ) -> list[float | None]:
-    """NCC of section z with z-1 over pixels valid in both; None next to a bad section."""
+    """NCC of section z with z-1 over pixels valid in both; None next to a bad section
+    (``section(z)``: section z of a stack of ``shape``, aligned by ``transforms`` if given)."""
     values: list[float | None] = [None]
-    previous = _valid_mask(transforms, 0, stack.shape[1:])
-    for z in range(1, stack.shape[0]):
-        valid = _valid_mask(transforms, z, stack.shape[1:])
+    previous = section_mask(transforms, 0, shape[1:])
+    for z in range(1, shape[0]):
+        valid = section_mask(transforms, z, shape[1:])
         mask = valid & previous
         previous = valid
         if z in bad or z - 1 in bad or mask.sum() < 16:
             values.append(None)
         else:
-            values.append(ncc(stack[z][mask], stack[z - 1][mask]))
+            values.append(ncc(section(z)[mask], section(z - 1)[mask]))
     return values
 
 
@@ -546,31 +564,54 @@ def align_stack(
     matrix mapping output (x, y) pixels to that section's pixels, ``displacements``: None or
     per section a (rows, cols, 2) mesh of (dx, dy) pixels; the input of `apply_transforms`),
     ``bad_sections`` (bridged), ``pairs`` (z, ref, ncc of each registration), ``sections``
-    (per z: status, ``ncc_prev_before``/``after`` with section z-1) and the mean NCCs.
+    (per z: status, ``ncc_prev_before``/``after`` with section z-1) and the mean NCCs
+    (`register_sections`).
     """
-    if mode not in MODES:
-        raise VemvizError(f"unknown alignment mode {mode!r}; choose rigid, affine or elastic")
     if stack.ndim != 3:
         raise VemvizError(f"alignment needs a (z, y, x) stack, got {stack.ndim} dimensions")
-    n = stack.shape[0]
+    report = register_sections(
+        SliceSource(stack), mode, skip, neighbours, detrend, mesh_spacing, stiffness, smooth,
+        deformation_sigma,
+    )  # fmt: skip
+    return apply_transforms(stack, report["transforms"], order=1), report
+
+
+def register_sections(
+    source: SliceSource,
+    mode: str = "rigid",
+    skip: Sequence[int] = (),
+    neighbours: int = 2,
+    detrend: bool = False,
+    mesh_spacing: int = 32,
+    stiffness: float = 0.05,
+    smooth: float = 0.0,
+    deformation_sigma: float = 3.0,
+) -> dict[str, Any]:
+    """`align_stack`'s report, transforms included, from the sections of ``source`` read a few
+    at a time (a stack on disk need not fit in memory): each section with its previous good
+    neighbours, and for ``elastic`` and the NCCs after alignment, warped one at a time."""
+    if mode not in MODES:
+        raise VemvizError(f"unknown alignment mode {mode!r}; choose rigid, affine or elastic")
+    shape = source.shape
+    n = shape[0]
     if any(not 0 <= z < n for z in skip):
         raise VemvizError(f"skip lists sections outside 0..{n - 1}: {sorted(skip)}")
     if neighbours < 1:
         raise VemvizError("each section needs at least one neighbour to align to")
-    bad = _bad_sections(stack, skip)
+    bad = _bad_sections(source, skip)
     good = [z for z in range(n) if z not in bad]
     if len(good) < 2:
         raise VemvizError("fewer than two usable (non-blank, non-skipped) sections to align")
-    norm = _normaliser(stack.shape[1:])
+    norm = _normaliser(shape[1:])
     pairs = _reference_pairs(good, neighbours)
     warps, affine_warps, nccs = {}, {}, {}
     for z, k in track(pairs, "Registering sections"):
-        warp, refined, nccs[(z, k)] = _register(stack[z], stack[k], mode == "affine")
+        warp, refined, nccs[(z, k)] = _register(source.image(z), source.image(k), mode == "affine")
         warps[(z, k)] = (norm @ _as3(warp) @ np.linalg.inv(norm))[:2]
         if refined is not None:
             affine_warps[(z, k)] = (norm @ _as3(refined) @ np.linalg.inv(norm))[:2]
     weights = {pair: max(ncc, _MIN_WEIGHT) ** _WEIGHT_POWER for pair, ncc in nccs.items()}
-    half_size = max(stack.shape[1:]) / 2.0
+    half_size = max(shape[1:]) / 2.0
     solved = _center_gauge(_robust_solve(good, pairs, warps, weights, True, half_size), True)
     if mode == "affine":
         affine = _robust_solve(good, pairs, affine_warps, weights, False, half_size)
@@ -586,22 +627,21 @@ def align_stack(
     matrices = [_to_pixels(m, norm) for m in _fill_bad(solved, n, mode != "affine")]
     transforms: dict[str, Any] = {
         "mode": mode,
-        "shape": list(stack.shape),
+        "shape": list(shape),
         "matrices": [m.tolist() for m in matrices],
         "displacements": None,
     }
     if mode == "elastic":
-        rigid_aligned = apply_transforms(stack, transforms, order=1)
+        rigid_aligned = _aligned_sections(source, transforms, neighbours + 1)
         meshes = _elastic_meshes(rigid_aligned, good, pairs, mesh_spacing, stiffness)
         if deformation_sigma > 0:
             meshes = _high_pass(meshes, deformation_sigma)
         transforms["displacements"] = [
             meshes[z].tolist() if z in meshes else None for z in range(n)
         ]
-    aligned = apply_transforms(stack, transforms, order=1)
-    before = _consecutive_ncc(stack, None, bad)
-    after = _consecutive_ncc(aligned, transforms, bad)
-    report = {
+    before = _consecutive_ncc(source.image, shape, None, bad)
+    after = _consecutive_ncc(_aligned_sections(source, transforms, 2), shape, transforms, bad)
+    return {
         "mode": mode,
         "neighbours": neighbours,
         "detrend": detrend,
@@ -621,4 +661,15 @@ def align_stack(
         "mean_ncc_after": _mean(after),
         "transforms": transforms,
     }
-    return aligned, report
+
+
+def _aligned_sections(
+    source: SliceSource, transforms: dict[str, Any], kept: int
+) -> Callable[[int], np.ndarray]:
+    """z -> section z warped by ``transforms`` (linear), the last ``kept`` of them cached."""
+
+    @functools.lru_cache(maxsize=kept)
+    def aligned(z: int) -> np.ndarray:
+        return transform_section(source.image(z), transforms, z, order=1)
+
+    return aligned

@@ -4,11 +4,15 @@ An adapter never re-implements its stage: it maps an output block to the input b
 stage's method needs, calls the stage's public array function on that box, and crops. The
 halo is what makes block results equal to whole-volume results:
 
-- inpaint (`restore.fill_slices`): blocks span z slabs of whole slices (optical flow sees whole
+- inpaint (`restore.fill_damage`): blocks span z slabs of whole slices (optical flow sees whole
   images); the input slab is widened to the two nearest good slices below and above every
   damaged slice of the block, which is all a filled slice depends on (the outer ones bend the
-  flow's paths). Only given whole slices are filled by blocks; damage detection and masks run
-  in memory (`vemviz.restore`).
+  flow's paths). A damage mask (detected, given, or kept off an alignment's padding) is built
+  first, in a pass that reads the slices one at a time (`restore.scan_damage`) and writes the
+  mask slab by slab into the work folder; the blocks read their part of it. The diffusion
+  model's intensity range (of the undamaged voxels) is streamed from it once, so every block
+  normalises as the whole volume does in memory. The inr fills and fine-tuning train on the
+  whole volume and run in memory.
 - iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
   next one (linear; flow also on one more on each side, which bend its paths), so a block of
   output slices reads only its input slab (and one slice of halo for flow); the natural
@@ -31,8 +35,10 @@ halo is what makes block results equal to whole-volume results:
   kept in the work folder, so a resumed run applies the same one. Every block is normalised
   with the whole volume's intensity mean and standard deviation (streamed once), not its own,
   so blocks equal the in-memory result of the same model with the same normalisation.
-- align's apply step (`align.apply_transforms`): z slabs of whole sections with their slice of
-  the transforms (a warp can move any pixel anywhere in its section).
+- align (`align.apply_transforms`): z slabs of whole sections with their slice of the
+  transforms (a warp can move any pixel anywhere in its section). ``align`` itself first
+  registers the sections, streamed a few at a time (`align.register_sections`), in one pass
+  before the blocks.
 - segment (`segment.segment`): instance labels need one numbering across blocks. Each block is
   segmented with a halo of ``halo_nm`` (physical units, so context is the same for any voxel
   size) and its core written with block-local ids; the two voxel layers on each side of every
@@ -54,6 +60,7 @@ halo is what makes block results equal to whole-volume results:
 from __future__ import annotations
 
 import functools
+import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -94,6 +101,7 @@ from vemviz.chunked import (
     write_levels,
 )  # fmt: skip
 from vemviz.errors import VemvizError
+from vemviz.progress import track
 from vemviz.volume import Volume, VoxelSize
 
 _CUBIC_HALO = 16
@@ -129,35 +137,128 @@ def _span(s: slice) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class InpaintBlocks(BlockStage):
+    """`inpaint` by blocks: given whole ``slices``, and with ``detect``, a ``mask`` volume file
+    or an alignment's ``transforms`` a damage mask, built first (`damage_pass`); ``method``
+    and ``diffusion`` as in `vemviz.restore.fill_damage` (not the inr fills, which train on
+    the whole volume, nor fine-tuning)."""
+
     slices: tuple[int, ...] = ()
-    method: str = "flow"
+    method: str = "auto"
+    detect: bool = False
+    mask: str | None = None  # a damage mask volume (non-zero: damaged)
+    transforms: dict[str, Any] | None = None  # the stack's alignment: its padding is no damage
+    mask_out: str | None = None  # OME-Zarr path for the damage mask used
+    diffusion: restore_mod.DiffusionOptions = field(default_factory=restore_mod.DiffusionOptions)
+    damaged: tuple[int, ...] = ()  # slices with damage (prepare, or the damage pass)
+    damage_store: str | None = None  # the damage pass's mask in the work folder
+    damage: dict[str, Any] = field(default_factory=dict, compare=False)  # its report
     name = "inpaint"
     full_planes = True
-    bytes_per_voxel = 4.0  # the slab and its copy
+    bytes_per_voxel = 5.0  # the slab, its copy and its mask
     bytes_per_plane_pixel = 120.0  # flows, bends and float planes of a filled slice (measured)
 
+    @property
+    def masked(self) -> bool:
+        """Whether the damage is a mask (detected, given, or kept off an alignment's padding)
+        rather than the given whole slices."""
+        return self.detect or self.mask is not None or self.transforms is not None
+
     def prepare(self, volume: Volume, runner: Runner) -> InpaintBlocks:
-        if not self.slices:
-            raise VemvizError("nothing to inpaint: pass --slices 3,17,40-42")
-        bad = sorted(set(self.slices))
-        if bad and len(bad) == volume.shape[0]:
+        if not (self.slices or self.detect or self.mask is not None):
             raise VemvizError(
-                "every slice is marked damaged; there is no good slice to restore from"
+                "nothing to inpaint: pass --slices 3,17,40-42, --mask MASK and/or --detect"
             )
-        return replace(self, slices=tuple(bad))
+        bad = tuple(sorted(set(self.slices)))
+        if self.mask is not None:
+            restore_mod.check_mask(volume.data, self._mask_volume().data)
+        elif not self.masked:
+            _check_good_slice(len(bad), volume.shape[0])
+            return replace(self, slices=bad, damaged=bad)
+        return replace(self, slices=bad)
+
+    def _mask_volume(self) -> Volume:
+        from vemviz.io import read_volume
+
+        return read_volume(self.mask)  # type: ignore[arg-type]
+
+    def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
+        stage = self.damage_pass(volume, work, runner) if self.masked else self
+        object.__setattr__(self, "damage", stage.damage)
+        computed = run_blocks(stage, volume, work, grid, runner)
+        if self.mask_out is not None and stage.damage_store is not None:
+            place(Path(stage.damage_store), Path(self.mask_out))
+        return computed
+
+    def damage_pass(self, volume: Volume, work: Work, runner: Runner) -> InpaintBlocks:
+        """The stage with its damage mask written to the work folder (uint8 OME-Zarr, 1 =
+        damaged) slab by slab: the given slices and mask, and the damage detected on the
+        slices streamed one at a time (`vemviz.restore.scan_damage`), all off the alignment's
+        padding; plus, for diffusion fills, the intensity range of the undamaged voxels. A
+        resumed run reads what the first one recorded."""
+        from vemviz.io.atomic import write_json
+
+        store, record = work.root / "damage.ome.zarr", work.root / "damage.json"
+        if not record.is_file():
+            damage = self._write_damage(volume, store, runner)
+            _check_good_slice(len(damage["damaged"]), volume.shape[0])
+            if set(restore_mod.DIFFUSION_METHODS) & set(damage["methods"].values()):
+                damage["value_range"] = _undamaged_range(volume, store, runner)
+            write_json(record, damage)
+        damage = json.loads(record.read_text())
+        damage["methods"] = {int(z): method for z, method in damage["methods"].items()}
+        diffusion = self.diffusion
+        if "value_range" in damage:
+            diffusion = replace(diffusion, value_range=tuple(damage["value_range"]))
+        return replace(self, damaged=tuple(damage["damaged"]), damage_store=str(store),
+                       damage=damage, diffusion=diffusion)  # fmt: skip
+
+    def _write_damage(self, volume: Volume, store: Path, runner: Runner) -> dict[str, Any]:
+        from vemviz.slices import SliceSource
+
+        n_z, height, width = volume.shape
+        source = SliceSource.aligned(lazy(volume), self.transforms,
+                                     slab_bytes=runner.memory_budget // 8)  # fmt: skip
+        damage: dict[str, Any] = {}
+        found = None
+        if self.detect:
+            damage["detection"], found = restore_mod.scan_damage(source)
+        given = None if self.mask is None else lazy(self._mask_volume())
+        depth = max(1, min(n_z, runner.memory_budget // (8 * height * width)))
+        grid = Grid(volume.shape, (depth, height, width))
+        create_store(store, grid, np.dtype(np.uint8), volume.voxel_size_nm, "damage")
+        counts = np.zeros(n_z, dtype=np.int64)
+        for i in track(range(len(grid)), "inpaint: writing the damage mask"):
+            box = grid.box(i)
+            z0, z1 = _span(box[0])
+            slab = np.zeros((z1 - z0, height, width), dtype=bool)
+            if given is not None:
+                slab |= np.asarray(given[z0:z1]) != 0
+            for z in range(z0, z1):
+                if z in self.slices:
+                    slab[z - z0] = True
+                elif found is not None:
+                    slab[z - z0] |= found.get(z)
+                slab[z - z0] &= ~source.outside(z)
+            counts[z0:z1] = slab.reshape(len(slab), -1).sum(axis=1)
+            write_levels(store, box, slab.astype(np.uint8), True, grid.levels)
+        methods = restore_mod.slice_methods(counts / (height * width), self.method)
+        damage.update(damaged=sorted(methods), methods=methods, damaged_voxels=int(counts.sum()))
+        if self.transforms is not None:
+            outside = sum(int(source.outside(z).sum()) for z in range(n_z))
+            damage["outside_voxels"] = outside
+        return damage
 
     def report(self) -> dict[str, Any]:
-        return {"method": self.method, "filled": list(self.slices)}
-
-    def describe(self) -> dict[str, Any]:
-        return {"stage": self.name, "slices": list(self.slices), "method": self.method}
+        filled = self.damage.get("damaged", self.damaged)
+        report = {k: v for k, v in self.damage.items() if k not in ("damaged", "value_range")}
+        return {**report, "method": self.method, "filled": list(filled)}
 
     def cost(self, box: Box) -> float:
         z0, z1 = _span(box[0])
-        return 1.0 + sum(z0 <= z < z1 for z in self.slices)
+        return 1.0 + sum(z0 <= z < z1 for z in self.damaged)
 
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
-        bad = set(self.slices)
+        bad = set(self.damaged)
         z0, z1 = _span(box[0])
         last = in_shape[0] - 1
 
@@ -178,9 +279,42 @@ class InpaintBlocks(BlockStage):
 
     def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
         z_lo, z_hi = _span(region_box[0])
-        bad = [z - z_lo for z in self.slices if z_lo <= z < z_hi]
-        filled = restore_mod.fill_slices(region, bad, method=self.method) if bad else region
+        z0, z1 = _span(box[0])
+        own = [z - z_lo for z in self.damaged if z0 <= z < z1]
+        if not own:
+            return region[_local(box, region_box)]
+        if self.damage_store is None:  # whole slices
+            mask = np.zeros(region.shape, dtype=bool)
+            mask[[z - z_lo for z in self.damaged if z_lo <= z < z_hi]] = True
+        else:
+            mask = read_box(Path(self.damage_store), "0", region_box) != 0
+        filled, _ = restore_mod.fill_damage(region, mask, self.method, self.diffusion, only=own)
         return filled[_local(box, region_box)]
+
+
+def _check_good_slice(damaged: int, n_slices: int) -> None:
+    if damaged == n_slices:
+        raise VemvizError("every slice is marked damaged; there is no good slice to restore from")
+
+
+def _undamaged_range(volume: Volume, damage_store: Path, runner: Runner) -> list[float]:
+    """`vemviz.diffusion.intensity_range` of the volume's voxels outside the damage mask,
+    streamed in slabs (the same value as in memory)."""
+    from vemviz import diffusion
+
+    undamaged = da.from_zarr(str(damage_store / "0")) == 0
+    _, height, width = volume.shape
+    tasks = []
+    for z0, region in _slabs(volume):
+        box = _box((z0, z0 + region.shape[0]), (0, height), (0, width))
+        tasks.append(_CountsTask(region, np.arange(region.shape[0]), region_of(undamaged, box)))
+    value_range = None
+    if not intensity.value_counts_exact(volume.dtype):
+        ranges = runner.run(tasks, "inpaint: intensity range")
+        value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+        tasks = [replace(task, value_range=value_range) for task in tasks]
+    counts = np.sum(runner.run(tasks, "inpaint: intensity histogram"), axis=0)
+    return list(diffusion.range_of_counts(counts, volume.dtype, value_range))
 
 
 # --- learned stages: one model, trained once, applied by blocks ------------------------
@@ -551,6 +685,43 @@ class AlignApplyBlocks(BlockStage):
         return align_mod.apply_transforms(region, part, order=self.order)
 
 
+@dataclass(frozen=True)
+class AlignBlocks(AlignApplyBlocks):
+    """`align` by blocks: the sections are registered first, read a few at a time in this
+    process (`align.register_sections`), and the transforms kept in the work folder (a
+    resumed run reuses them); the blocks then apply them as `AlignApplyBlocks` (linear)."""
+
+    mode: str = "rigid"
+    skip: tuple[int, ...] = ()
+    smooth: float = 0.0
+    registration: dict[str, Any] = field(default_factory=dict, compare=False)
+    name = "align"
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.name, "mode": self.mode, "skip": list(self.skip),
+                "smooth": self.smooth}  # fmt: skip
+
+    def prepare(self, volume: Volume, runner: Runner) -> AlignBlocks:
+        return self
+
+    def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
+        from vemviz.io.atomic import write_json
+        from vemviz.slices import SliceSource
+
+        record = work.root / "alignment.json"
+        if not record.is_file():
+            source = SliceSource(lazy(volume), slab_bytes=runner.memory_budget // 8)
+            write_json(record, align_mod.register_sections(source, self.mode, self.skip,
+                                                           smooth=self.smooth))  # fmt: skip
+        registration = json.loads(record.read_text())
+        object.__setattr__(self, "registration", registration)
+        stage = replace(self, transforms=registration["transforms"])
+        return run_blocks(stage, volume, work, grid, runner)
+
+    def report(self) -> dict[str, Any]:
+        return self.registration
+
+
 # --- segment: instance labels merged across blocks ---------------------------------------
 
 _FACES = ("z0", "z1", "y0", "y1", "x0", "x1")
@@ -785,16 +956,21 @@ def imaged_slices(volume: Volume, runner: Runner) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _CountsTask:
-    """`intensity.value_counts` of the given slices of a slab, or their (min, max) when the
-    dtype needs a range first."""
+    """`intensity.value_counts` of the given slices of a slab (those of its voxels ``keep``
+    marks), or their (min, max) when the dtype needs a range first."""
 
     region: Any
     slices: np.ndarray  # indices into the slab
+    keep: Any = None  # lazy bool region: count only these voxels
     value_range: tuple[float, float] | None = None
 
     def __call__(self) -> np.ndarray | tuple[float, float]:
         values = read_region(self.region)[self.slices]
+        if self.keep is not None:
+            values = values[read_region(self.keep)[self.slices]]
         if self.value_range is None and not intensity.value_counts_exact(values.dtype):
+            if values.size == 0:
+                return math.inf, -math.inf
             return float(values.min()), float(values.max())
         return intensity.value_counts(values, self.value_range)
 

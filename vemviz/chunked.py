@@ -136,6 +136,8 @@ class BlockStage:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, np.ndarray):
         return f"array{value.shape}"
     if isinstance(value, tuple | list):

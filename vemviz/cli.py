@@ -61,21 +61,23 @@ def _read(args: argparse.Namespace, attribute: str = "input"):
     return read_volume(getattr(args, attribute), args.voxel_size)
 
 
-def _chunked(args: argparse.Namespace, volume, name: str, options: dict[str, Any]) -> bool:
+def _chunked(
+    args: argparse.Namespace, volume, name: str, options: dict[str, Any]
+) -> dict[str, Any] | None:
     """Run stage ``name`` with ``options`` block by block when `stages.choose_blocks` says so
-    for --memory-budget and --scheduler; True if it ran."""
+    for --memory-budget and --scheduler; its report if it ran, else None."""
     from vemviz import chunked
 
     budget = chunked.parse_memory(args.memory_budget)
     stage = stages.choose_blocks(name, volume, options, budget, args.scheduler)
     if stage is None:
-        return False
+        return None
     report = chunked.run_chunked(
         stage, volume, args.out, memory_budget=budget, scheduler=args.scheduler
     )
     _write_report(args.report, report)
     status(f"wrote {args.out} {report['shape_out']} in {report['blocks']} blocks")
-    return True
+    return report
 
 
 def _finish(
@@ -138,13 +140,16 @@ def cmd_align(args: argparse.Namespace) -> None:
     volume = _read(args)
     if args.apply_transforms:
         options = {"transforms": _read_transforms(args.apply_transforms), "order": args.order}
-        if not _chunked(args, volume, "apply_alignment", options):
+        if _chunked(args, volume, "apply_alignment", options) is None:
             out, report = stages.apply_alignment(volume, **options)
             _finish(args, out, report, is_label=args.order == 0)
         return
     skip = tuple(parse_slice_list(args.skip, volume.shape[0])) if args.skip else ()
-    out, report = stages.align(volume, mode=args.mode, skip=skip, smooth=args.smooth)
-    _finish(args, out, report)
+    options = {"mode": args.mode, "skip": skip, "smooth": args.smooth}
+    report = _chunked(args, volume, "align", options)
+    if report is None:
+        out, report = stages.align(volume, **options)
+        _finish(args, out, report)
     transforms = args.transforms or args.out.with_name(args.out.name + ".transforms.json")
     write_json(transforms, {"transforms": report["transforms"]})
     status(f"wrote {transforms} (apply to labels with --apply-transforms)")
@@ -156,9 +161,11 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     volume = _read(args)
     slices = tuple(parse_slice_list(args.slices, volume.shape[0])) if args.slices else ()
     transforms = _read_transforms(args.transforms) if args.transforms else None
-    options = {"slices": slices, "detect": args.detect, "method": args.method,
-               "mask": args.mask, "transforms": transforms}  # fmt: skip
-    if _chunked(args, volume, "inpaint", options):
+    fill = dict(steps=args.steps, samples=args.samples, seed=args.seed, fine_tune=args.fine_tune,
+                weights=args.weights, device=args.device, time_budget=args.time_budget)  # fmt: skip
+    options = {"slices": slices, "detect": args.detect, "method": args.method, "mask": args.mask,
+               "transforms": transforms, "mask_out": args.mask_out, **fill}  # fmt: skip
+    if _chunked(args, volume, "inpaint", options) is not None:
         return
     mask = read_volume(args.mask).numpy() != 0 if args.mask else None
     damaged, report = stages.damage_mask(
@@ -166,11 +173,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     )
     if args.mask_out:
         write_volume(volume.with_data(damaged.astype("uint8"), stage="damage"), args.mask_out)
-    out, fill_report = stages.inpaint(
-        volume, method=args.method, mask=damaged, steps=args.steps, samples=args.samples,
-        seed=args.seed, fine_tune=args.fine_tune, weights=args.weights, device=args.device,
-        time_budget=args.time_budget,
-    )  # fmt: skip
+    out, fill_report = stages.inpaint(volume, method=args.method, mask=damaged, **fill)
     _finish(args, out, {**report, **fill_report})
 
 
@@ -181,7 +184,7 @@ def cmd_iso(args: argparse.Namespace) -> None:
         time_budget=args.time_budget, device=args.device, seed=args.seed, model=args.model,
         save_model=args.save_model, uncertainty=args.uncertainty,
     )  # fmt: skip
-    if _chunked(args, volume, "iso", options):
+    if _chunked(args, volume, "iso", options) is not None:
         return
     out, report = stages.iso(volume, **options)
     _finish(args, out, report)
@@ -193,7 +196,7 @@ def cmd_sr(args: argparse.Namespace) -> None:
         scale=args.scale, method=args.method, time_budget=args.time_budget, device=args.device,
         seed=args.seed, model=args.model, save_model=args.save_model,
     )  # fmt: skip
-    if _chunked(args, volume, "sr", options):
+    if _chunked(args, volume, "sr", options) is not None:
         return
     out, report = stages.sr(volume, **options)
     _finish(args, out, report)
@@ -206,7 +209,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts) if args.prompts else None
     options = {"target": args.target, "prompts": prompts, "model": args.model,
                "method": args.method, "probabilities": args.probabilities}  # fmt: skip
-    if _chunked(args, volume, "segment", options):
+    if _chunked(args, volume, "segment", options) is not None:
         return
     labels, report = stages.segment(volume, **options)
     uncertain = report.get("uncertain_per_confident", 0.0)

@@ -52,6 +52,10 @@ slices inserted into both, and simulated cracks, blotches and folds in FlyEM (se
 ``tests/test_restore.py`` and ``scripts/benchmarks/restore.py``). On thick serial sections
 (VNC, 50 nm) neighbouring sections differ too much for local damage to stand out.
 
+`scan_damage` runs the same detection on a `vemviz.slices.SliceSource`, which reads the slices
+one at a time (a volume on disk need not fit in memory), and returns the mask per slice;
+`detect_damage` is it for an array in memory.
+
 **Restoration** (`fill_damage`) replaces the masked voxels of each damaged slice from the
 nearest undamaged slice on each side (runs of damaged slices are interpolated across at their
 fractional positions; a damaged first or last slice is copied from the nearest good one):
@@ -77,7 +81,9 @@ same for a list of whole slices.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +103,7 @@ from vemviz.flow import (
     warp_pair,
 )
 from vemviz.progress import track
+from vemviz.slices import SliceMasks, SliceSource
 
 FILL_METHODS = ("auto", "flow", "linear", "diffusion", "inr", "ensemble")
 INR_METHODS = ("inr", "ensemble")  # the fill methods that train the inr (need the voxel size)
@@ -203,39 +210,37 @@ def _normalised(image: np.ndarray) -> np.ndarray | None:
     return centred / norm if norm > 0 else None
 
 
-def _neighbour_ncc(thumbs: list[np.ndarray], usable: np.ndarray) -> np.ndarray:
-    """Best NCC of each slice with a usable neighbour (NaN where there is none)."""
-    normed = [_normalised(t) if ok else None for t, ok in zip(thumbs, usable, strict=True)]
-    best = np.full(len(thumbs), np.nan)
-    for z, image in enumerate(normed):
-        if image is None:
-            continue
-        scores = [
-            float(np.sum(image * normed[n]))
-            for n in (z - 1, z + 1)
-            if 0 <= n < len(normed) and normed[n] is not None
-        ]
-        if scores:
-            best[z] = max(scores)
-    return best
-
-
-def _odd_one_out(thumbs: list[np.ndarray], usable: np.ndarray) -> np.ndarray:
-    """True where a slice's nearest usable neighbours match each other better than it.
+def _fit_to_neighbours(
+    normed: Callable[[int], np.ndarray | None], n_slices: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice, in one pass over the stack: the best NCC with a usable neighbour (NaN where
+    there is none), and whether its nearest usable neighbours match each other better than
+    it (``normed(z)``: the slice's normalised thumbnail, None where it is not usable).
 
     A damaged or foreign slice breaks the chain: skipping it raises the similarity of the
     sections around it. Real structure that changes quickly along z (a membrane parallel to
     the sections) lowers both, so it is not mistaken for damage.
     """
-    normed = [_normalised(t) if ok else None for t, ok in zip(thumbs, usable, strict=True)]
-    good = [z for z, image in enumerate(normed) if image is not None]
-    odd = np.zeros(len(thumbs), dtype=bool)
-    for below, z, above in zip(good, good[1:], good[2:], strict=False):
-        fit = max(
-            float(np.sum(normed[z] * normed[below])), float(np.sum(normed[z] * normed[above]))
-        )
-        odd[z] = float(np.sum(normed[below] * normed[above])) > fit
-    return odd
+    best = np.full(n_slices, np.nan)
+    odd = np.zeros(n_slices, dtype=bool)
+    good: list[int] = []
+    for z in range(n_slices):
+        image = normed(z)
+        if image is None:
+            continue
+        scores = [
+            float(np.sum(image * other))
+            for other in (normed(k) for k in (z - 1, z + 1) if 0 <= k < n_slices)
+            if other is not None
+        ]
+        if scores:
+            best[z] = max(scores)
+        good.append(z)
+        if len(good) >= 3:
+            below, middle, above = (normed(k) for k in good[-3:])
+            fit = max(float(np.sum(middle * below)), float(np.sum(middle * above)))
+            odd[good[-2]] = float(np.sum(below * above)) > fit
+    return best, odd
 
 
 def _misfit_scores(best_ncc: np.ndarray) -> np.ndarray:
@@ -278,8 +283,8 @@ class _Residuals:
     would pull the flow), and each reference is warped to the slice's fractional position.
     """
 
-    def __init__(self, stack: np.ndarray, outside: np.ndarray) -> None:
-        self.stack, self.outside = stack, outside
+    def __init__(self, source: SliceSource) -> None:
+        self.source = source
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
 
     def pair(self, z: int, refs: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -287,12 +292,13 @@ class _Residuals:
         smoothed by a Gaussian, averaged along the best-oriented short line (`_line_mean`), raw;
         0 within `_BLIND_PX` of pixels that lie outside the slice's or a reference's section."""
         a, b = refs
-        a8, b8 = to_uint8_pair(self.stack[a], self.stack[b])
+        stack_a, stack_b = self.source.image(a), self.source.image(b)
+        a8, b8 = to_uint8_pair(stack_a, stack_b)
         t = (z - a) / (b - a)
-        from_a = warp(self.stack[a], self.dis.calc(b8, a8, None), t)
-        from_b = warp(self.stack[b], self.dis.calc(a8, b8, None), 1.0 - t)
-        image = self.stack[z].astype(np.float32)
-        blind = self.outside[[z, a, b]].any(axis=0)
+        from_a = warp(stack_a, self.dis.calc(b8, a8, None), t)
+        from_b = warp(stack_b, self.dis.calc(a8, b8, None), 1.0 - t)
+        image = self.source.image(z).astype(np.float32)
+        blind = np.logical_or.reduce([self.source.outside(k) for k in (z, a, b)])
         if blind.any():
             blind = ndimage.binary_dilation(blind, iterations=_BLIND_PX)
         pairs = []
@@ -390,16 +396,14 @@ def _region_mask(score: np.ndarray, seed: float) -> np.ndarray:
     return mask
 
 
-def _region_scores(
-    stack: np.ndarray, usable: np.ndarray, outside: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, float]:
+def _region_scores(source: SliceSource, usable: np.ndarray) -> tuple[SliceMasks, np.ndarray, float]:
     """Per-slice region masks, peak scores and the seed threshold used (see module docstring).
 
     Two passes over the stack, so that only one slice of residuals is held at a time: the
     first measures the noise scale and the tail of the scores, the second builds the masks.
     """
-    residuals = _Residuals(stack, outside)
-    n_slices = stack.shape[0]
+    residuals = _Residuals(source)
+    n_slices = len(source)
     mads, tails = [], []
     for z in track(range(n_slices), "restore: measuring residuals"):
         refs = _references(z, usable)
@@ -409,7 +413,7 @@ def _region_scores(
         mads.append([_mad(level) for level in first])
         agreeing = _agreeing(first[:_SEED_LEVELS], second[:_SEED_LEVELS])
         tails.append([float(np.percentile(a, 99.9)) for a in agreeing])
-    masks = np.zeros(stack.shape, dtype=bool)
+    masks = SliceMasks(source.shape)
     peaks = np.zeros(n_slices)
     if not mads or not tails:
         return masks, peaks, float("inf")
@@ -424,13 +428,13 @@ def _region_scores(
             continue
         score = _agreeing(*residuals.pair(z, refs)) / scale
         peaks[z] = float(score[:_SEED_LEVELS].max())
-        masks[z] = _region_mask(score, seed * _span_factor(z, refs))
+        masks.set(z, _region_mask(score, seed * _span_factor(z, refs)))
     return _drop_echoes(masks, usable, residuals, scale, seed), peaks, seed
 
 
 def _drop_echoes(
-    masks: np.ndarray, usable: np.ndarray, residuals: _Residuals, scale: np.ndarray, seed: float
-) -> np.ndarray:
+    masks: SliceMasks, usable: np.ndarray, residuals: _Residuals, scale: np.ndarray, seed: float
+) -> SliceMasks:
     """Remove regions that are echoes of damage in the reference slices.
 
     Where both neighbours are damaged near the same place their residuals can agree although
@@ -439,23 +443,25 @@ def _drop_echoes(
     are undamaged around it (the region dilated by 8 px) and kept only if it reaches half the
     seed threshold there too.
     """
-    damaged = masks.reshape(masks.shape[0], -1).any(axis=1)
+    damaged = masks.damaged()
     cleaned = masks.copy()
     for z in (int(k) for k in np.flatnonzero(damaged)):
         refs = _references(z, usable)
         if len(refs) < 2 or not damaged[refs].any():
             continue
-        labels, count = ndimage.label(masks[z])
+        kept = masks.get(z)
+        labels, count = ndimage.label(kept)
         for index in range(1, count + 1):
             region = labels == index
             around = ndimage.binary_dilation(region, iterations=_ECHO_MARGIN)
-            clear = usable & ~masks[:, around].any(axis=1)
+            clear = usable & ~masks.touching(around)
             others = _references(z, clear)
             if len(others) < 2:
                 continue
             score = (_agreeing(*residuals.pair(z, others)) / scale)[:_SEED_LEVELS].max(axis=0)
             if score[region].max() <= _ECHO_SEED * seed * _span_factor(z, others):
-                cleaned[z] &= ~region
+                kept &= ~region
+        cleaned.set(z, kept)
     return cleaned
 
 
@@ -467,50 +473,71 @@ def detect_damage(
     ``outside`` (z, y, x) bool, optional: pixels that hold no data of their section, such as
     the padding of an aligned stack (`vemviz.align.section_masks`). They are never damage and
     count in no score: stuck fractions are taken over the pixels inside, and residuals are not
-    scored near pixels outside the slice or its references.
+    scored near pixels outside the slice or its references. The report is `scan_damage`'s.
+    """
+    _check_stack(stack)
+    per_slice = None if outside is None else check_mask(stack, outside).__getitem__
+    report, masks = scan_damage(SliceSource(stack, per_slice))
+    return report, masks.dense()
+
+
+def scan_damage(source: SliceSource) -> tuple[dict[str, Any], SliceMasks]:
+    """`detect_damage` of the slices of ``source``, read one at a time (a volume on disk need
+    not fit in memory); the damage mask is returned per slice (`vemviz.slices.SliceMasks`).
 
     The report is JSON-serialisable: ``scores`` (one ``{"contrast", "band", "misfit", "region",
     "damaged_fraction"}`` dict per slice), ``flagged`` (sorted z indices), ``reasons`` (``{z:
     "blank" | "band" | "region" | "misfit"}``, the first that applies in that order, a region
-    covering more than half the slice counting as misfit) and ``threshold`` (the limits used:
+    covering more than half the slice counting as misfit), ``threshold`` (the limits used:
     flagged when contrast < threshold, band > threshold, misfit > threshold, or a region seed
-    above ``region`` -- the value used for this stack).
+    above ``region`` -- the value used for this stack) and ``damaged_voxels``.
     """
-    _check_stack(stack)
-    outside = np.zeros(stack.shape, dtype=bool) if outside is None else check_mask(stack, outside)
-    low, high = float(stack.min()), float(stack.max())
-    thumbs, contrast, band = [], [], []
-    for image, out in track(list(zip(stack, outside, strict=True)), "restore: scoring slices"):
-        thumbs.append(_thumbnail(image))
-        contrast.append(_spread(thumbs[-1]))
-        band.append(_stuck_fraction(image, low, high, ~out))
+    n_slices = len(source)
+    low, high = source.value_range()
+    contrast, band = [], []
+    for z in track(range(n_slices), "restore: scoring slices"):
+        image = source.image(z)
+        contrast.append(_spread(_thumbnail(image)))
+        band.append(_stuck_fraction(image, low, high, ~source.outside(z)))
     contrast_ratio = np.array(contrast) / max(float(np.median(contrast)), 1e-12)
     band_excess = np.array(band) - np.median(band)
     blank = contrast_ratio < THRESHOLDS["contrast"]
     banded = band_excess > THRESHOLDS["band"]
     usable = ~(blank | banded)
-    misfit = _misfit_scores(_neighbour_ncc(thumbs, usable)) * _odd_one_out(thumbs, usable)
-    regions, peaks, seed = _region_scores(stack, ~blank, outside)
-    mask = np.zeros(stack.shape, dtype=bool)
+
+    @functools.lru_cache(maxsize=4)
+    def normed(z: int) -> np.ndarray | None:
+        return _normalised(_thumbnail(source.image(z))) if usable[z] else None
+
+    best_ncc, odd = _fit_to_neighbours(normed, n_slices)
+    misfit = _misfit_scores(best_ncc) * odd
+    regions, peaks, seed = _region_scores(source, ~blank)
+    masks = SliceMasks(source.shape)
     reasons: dict[int, str] = {}
-    for z in range(stack.shape[0]):
+    plane = source.shape[1] * source.shape[2]
+    for z in range(n_slices):
+        whole = np.ones(source.shape[1:], dtype=bool)
         if blank[z]:
-            reasons[z], mask[z] = "blank", True
+            reason, mask = "blank", whole
         elif banded[z]:
-            reasons[z], mask[z] = "band", regions[z] | _stuck_mask(stack[z], low, high, ~outside[z])
-        elif regions[z].any() and regions[z].mean() <= WHOLE_FRACTION:
-            reasons[z], mask[z] = "region", regions[z]
-        elif regions[z].any() or misfit[z] > THRESHOLDS["misfit"]:
-            reasons[z], mask[z] = "misfit", True
-    mask &= ~outside
-    reasons = {z: reason for z, reason in reasons.items() if mask[z].any()}
+            inside = ~source.outside(z)
+            reason, mask = "band", regions.get(z) | _stuck_mask(source.image(z), low, high, inside)
+        elif regions.count(z) and regions.count(z) / plane <= WHOLE_FRACTION:
+            reason, mask = "region", regions.get(z)
+        elif regions.count(z) or misfit[z] > THRESHOLDS["misfit"]:
+            reason, mask = "misfit", whole
+        else:
+            continue
+        masks.set(z, mask & ~source.outside(z))
+        if masks.count(z):
+            reasons[z] = reason
     scores = [
         {
             "contrast": float(c),
             "band": float(b),
             "misfit": float(m),
             "region": float(r),
-            "damaged_fraction": float(mask[z].mean()),
+            "damaged_fraction": masks.count(z) / plane,
         }
         for z, (c, b, m, r) in enumerate(
             zip(contrast_ratio, band_excess, misfit, peaks, strict=True)
@@ -521,9 +548,9 @@ def detect_damage(
         "flagged": sorted(reasons),
         "reasons": reasons,
         "threshold": {**THRESHOLDS, "region": seed},
-        "damaged_voxels": int(mask.sum()),
+        "damaged_voxels": sum(masks.count(z) for z in reasons),
     }
-    return report, mask
+    return report, masks
 
 
 def _bounds(z: int, good: np.ndarray) -> tuple[int | None, int | None]:
@@ -542,6 +569,9 @@ class DiffusionOptions:
     seed: int = 0
     fine_tune: int = 0
     device: str = "auto"
+    # the intensities mapped to -1..1; None: `vemviz.diffusion.intensity_range` of the
+    # stack's undamaged voxels (given when the stack is one slab of a larger volume)
+    value_range: tuple[float, float] | None = None
 
 
 def check_mask(stack: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -553,12 +583,16 @@ def check_mask(stack: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return mask.astype(bool)
 
 
-def slice_methods(mask: np.ndarray, method: str) -> dict[int, str]:
-    """The fill method used for each damaged slice (``auto``: flow whole, diffusion partial)."""
+def check_fill_method(method: str) -> None:
     if method not in FILL_METHODS:
         choices = ", ".join(FILL_METHODS)
         raise VemvizError(f"unknown fill method {method!r}; choose one of {choices}")
-    fractions = mask.reshape(mask.shape[0], -1).mean(axis=1)
+
+
+def slice_methods(fractions: np.ndarray, method: str) -> dict[int, str]:
+    """The fill method used for each damaged slice, given each slice's damaged fraction
+    (``auto``: flow whole, diffusion partial)."""
+    check_fill_method(method)
     chosen = {}
     for z in np.flatnonzero(fractions > 0):
         whole = fractions[z] >= WHOLE_FRACTION
@@ -574,7 +608,7 @@ class _DiffusionFiller:
         from vemviz.device import resolve_device
 
         self.diffusion, self.options = diffusion, options
-        self.value_range = diffusion.intensity_range(stack, mask)
+        self.value_range = options.value_range or diffusion.intensity_range(stack, mask)
         device = resolve_device(options.device)
         self.model = diffusion.load_model(options.weights, device)
         self.fine_tune_losses: list[float] = []
@@ -663,18 +697,24 @@ def fill_damage(
     *,
     voxel_size_nm: Any = None,
     training: Any = None,
+    only: Collection[int] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Return a copy of ``stack`` with the voxels where ``mask`` is true restored, and a report.
 
     Each damaged slice is rebuilt from the nearest undamaged slices below and above (see the
     module docstring); ``method`` is one of `FILL_METHODS` (``"inr"`` and ``"ensemble"`` need
-    ``voxel_size_nm``; ``training`` is the inr's `vemviz.inr.Training`).
+    ``voxel_size_nm``; ``training`` is the inr's `vemviz.inr.Training`); ``only``: restore
+    just these slices (the others are left as they are, their damage still excluding them as
+    sources).
     Output dtype = input dtype (rounded and clipped for integer types). The report gives the
     method used per slice and, after fine-tuning, the fine-tuning losses.
     """
     _check_stack(stack)
     mask = check_mask(stack, mask)
-    chosen = slice_methods(mask, method)
+    chosen = slice_methods(mask.reshape(mask.shape[0], -1).mean(axis=1), method)
+    if only is not None:
+        keep = set(only)
+        chosen = {z: m for z, m in chosen.items() if z in keep}
     good = np.flatnonzero(~mask.reshape(mask.shape[0], -1).any(axis=1))
     if chosen and not good.size:
         raise VemvizError("every slice is marked damaged; there is no good slice to restore from")

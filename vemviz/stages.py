@@ -232,11 +232,10 @@ GROWING_STAGES = ("iso", "sr")
 
 
 def block_stage(name: str, volume: Volume, options: dict[str, Any]):
-    """Stage ``name`` (`iso`, `sr`, `inpaint`, `segment`, `apply_alignment`, with their keyword
-    ``options``) as a block stage (`vemviz.blockwise`), or None where those options have no
-    block path: inpaint of other than given whole slices by flow or linear interpolation,
-    segmentation with prompts, a model file or a probability output, and alignment's
-    registration."""
+    """Stage ``name`` (`align`, `apply_alignment`, `iso`, `sr`, `inpaint`, `segment`, with its
+    keyword ``options``) as a block stage (`vemviz.blockwise`), or None where those options have no
+    block path: inpaint's inr fills, fine-tuning and masks given as arrays (`inpaint_blocks`),
+    and segmentation with prompts, a model file or a probability output."""
     from vemviz import blockwise
 
     if name == "iso":
@@ -244,18 +243,16 @@ def block_stage(name: str, volume: Volume, options: dict[str, Any]):
     if name == "sr":
         return sr_blocks(volume, **options)
     if name == "inpaint":
-        method = options.get("method", "auto")
-        if (options.get("detect") or options.get("mask") is not None
-                or options.get("transforms") is not None
-                or method not in ("auto", "flow", "linear")):  # fmt: skip
-            return None
-        method = "flow" if method == "auto" else method  # auto: flow for whole slices
-        return blockwise.InpaintBlocks(tuple(options.get("slices", ())), method=method)
+        return inpaint_blocks(**options)
     if name == "segment":
         if any(options.get(k) is not None for k in ("prompts", "model", "probabilities")):
             return None
         return blockwise.SegmentBlocks(options.get("target", "mito"), volume.voxel_size_nm,
                                        method=options.get("method", "learned"))  # fmt: skip
+    if name == "align":
+        return blockwise.AlignBlocks(mode=options.get("mode", "rigid"),
+                                     skip=tuple(options.get("skip", ())),
+                                     smooth=options.get("smooth", 0.0))  # fmt: skip
     if name == "apply_alignment":
         return blockwise.AlignApplyBlocks(options["transforms"], order=options.get("order", 0))
     return None
@@ -293,6 +290,43 @@ def choose_blocks(
     status(f"the result needs about {need / 2**30:.1f} GiB in memory, more than the memory "
            "budget: running block by block")  # fmt: skip
     return stage
+
+
+def inpaint_blocks(
+    *,
+    slices: tuple[int, ...] = (),
+    detect: bool = False,
+    method: str = "auto",
+    mask: str | Path | np.ndarray | None = None,
+    transforms: dict[str, Any] | None = None,
+    mask_out: str | Path | None = None,
+    steps: int = 1,
+    samples: int = 1,
+    seed: int = 0,
+    fine_tune: int = 0,
+    weights: str | None = None,
+    device: str = "auto",
+    time_budget: float | None = None,
+):
+    """`inpaint` as a block stage (`vemviz.blockwise.InpaintBlocks`), ``mask`` a volume file
+    and ``mask_out`` an OME-Zarr path for the damage mask used; None for the options without a
+    block path: the inr fills (``time_budget`` is theirs), which train on the whole volume,
+    fine-tuning the diffusion model on it, and a mask given as an array."""
+    from vemviz.blockwise import InpaintBlocks
+    from vemviz.chunked import check_output
+
+    restore_mod.check_fill_method(method)
+    if method in restore_mod.INR_METHODS or fine_tune or isinstance(mask, np.ndarray):
+        return None
+    if mask_out is not None:
+        check_output(Path(mask_out))
+    options = restore_mod.DiffusionOptions(
+        Path(weights) if weights else None, steps, samples, seed, 0, device
+    )
+    return InpaintBlocks(
+        tuple(slices), method, detect, None if mask is None else str(mask), transforms,
+        None if mask_out is None else str(mask_out), options,
+    )  # fmt: skip
 
 
 def iso_blocks(
