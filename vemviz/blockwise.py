@@ -436,6 +436,11 @@ class _FlowTask:
         return int(values.size)
 
 
+def _flow_store(work: Work) -> Path:
+    """Where learned iso keeps its flow half in the work folder."""
+    return work.root / "flow.zarr"
+
+
 @dataclass(frozen=True)
 class IsoBlocks(BlockStage):
     factor: float = 2.0
@@ -495,7 +500,7 @@ class IsoBlocks(BlockStage):
         and workers as for ``--method flow`` (its flows dominate: about 160 B per plane pixel
         and worker); a resumed run keeps the slabs it started with."""
         flow = IsoBlocks(self.factor, "flow")
-        store = work.root / "flow.zarr"
+        store = _flow_store(work)
         if store.exists():
             chunks = zarr.open_group(str(store), mode="r")["flow"].chunks
             return Grid(flow.out_shape(in_shape), tuple(chunks))  # type: ignore[arg-type]
@@ -505,7 +510,7 @@ class IsoBlocks(BlockStage):
         """The flow half of inr for every output slice, by ``slabs``, into the work folder."""
         flow = IsoBlocks(self.factor, "flow")
         shape = slabs.shape
-        store = work.root / "flow.zarr"
+        store = _flow_store(work)
         if not store.exists():
             group = zarr.open_group(str(store), mode="w")
             group.create_array("flow", shape=shape, dtype=np.float32, chunks=slabs.block,

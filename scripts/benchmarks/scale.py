@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", default="256,2048,2048", help="Z,Y,X of the volume")
     parser.add_argument("--stages", default="inpaint,iso,segment")
     parser.add_argument("--iso-method", default="flow", choices=("flow", "linear", "cubic", "inr"))
-    parser.add_argument("--time-budget", type=float, default=240.0,
-                        help="inr: training seconds (the CLI's --time-budget)")  # fmt: skip
+    parser.add_argument("--time-budget", type=float,
+                        help="inr: training seconds (default: the CLI's)")  # fmt: skip
     parser.add_argument("--segment-method", default="classical", choices=("classical", "learned"))
     parser.add_argument("--workers", default="1,2", help="worker process counts to compare")
     parser.add_argument("--memory-budget", default="1GiB")
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> Result:
     stage_args = dict(STAGES)
     stage_args["inpaint"] = [*STAGES["inpaint"], "--slices", ",".join(map(str, blank))]
     stage_args["iso"] = [*STAGES["iso"], "--method", args.iso_method]
-    if args.iso_method == "inr":
+    if args.iso_method == "inr" and args.time_budget is not None:
         stage_args["iso"] += ["--time-budget", str(args.time_budget)]
     stage_args["segment"] = [*STAGES["segment"], "--method", args.segment_method]
     for name in args.stages.split(","):
