@@ -304,8 +304,8 @@ def test_cli_says_when_a_volume_over_the_budget_runs_in_memory(phantom, tmp_path
     source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
     path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
     out = str(tmp_path / "out.ome.zarr")
-    fine_tune = ["--slices", "9", "--fine-tune", "1"]  # fine-tuning needs the whole volume
-    assert main(["inpaint", path, *fine_tune, "--out", out, "--memory-budget", "2MiB"]) == 0
+    inr = ["--slices", "9", "--method", "inr", "--time-budget", "1"]  # trains on the volume
+    assert main(["inpaint", path, *inr, "--out", out, "--memory-budget", "2MiB"]) == 0
     said = " ".join(capsys.readouterr().err.split())
     assert "inpaint runs in memory (these options have no block path)" in said
     assert "above the memory budget" in said
@@ -341,6 +341,29 @@ def test_damage_detection_and_masked_fills_by_blocks_equal_in_memory(phantom, tm
     want = stages.inpaint(volume, mask=mask != 0)[0].numpy()
     np.testing.assert_array_equal(vemviz.read_volume(out).numpy(), want)
     np.testing.assert_array_equal(vemviz.read_volume(mask_out).numpy(), mask)
+
+
+def test_diffusion_and_fine_tuning_by_blocks(phantom, tmp_path) -> None:
+    """Whole slices filled by diffusion take the whole volume's intensity range, as in memory;
+    --fine-tune tunes the model once before the blocks, on the central slab (here the whole
+    phantom, so the same losses as in memory), and the blocks apply it (saved as float16)."""
+    from vemviz.restore import DiffusionOptions
+
+    volume = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))
+    source = vemviz.read_volume(vemviz.write_volume(volume, tmp_path / "raw.ome.zarr"))
+    want = stages.inpaint(volume, slices=(9,), method="diffusion")[0].numpy()
+    plain = _chunked(InpaintBlocks((9,), method="diffusion"), source, tmp_path, "plain")
+    np.testing.assert_array_equal(plain, want)
+    options = DiffusionOptions(fine_tune=3, device="cpu")
+    tuned_want, report = stages.inpaint(volume, slices=(9,), method="diffusion", fine_tune=3,
+                                        device="cpu")  # fmt: skip
+    stage = InpaintBlocks((9,), method="diffusion", diffusion=options)
+    blocks = run_chunked(stage, source, tmp_path / "tuned.ome.zarr", block=BLOCK, workers=2)
+    tuned = vemviz.read_volume(tmp_path / "tuned.ome.zarr").numpy()
+    assert blocks["fine_tune"] == report["fine_tune"] and blocks["fine_tune"]["steps"] == 3
+    effect = np.abs(tuned - plain)[9].mean()
+    assert effect > 0 and np.abs(tuned - tuned_want.numpy())[9].mean() < 0.05 * effect
+    np.testing.assert_array_equal(np.delete(tuned, 9, axis=0), np.delete(plain, 9, axis=0))
 
 
 def test_pipeline_runs_its_stages_by_blocks_over_the_budget(phantom, tmp_path) -> None:

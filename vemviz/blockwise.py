@@ -11,8 +11,9 @@ halo is what makes block results equal to whole-volume results:
   first, in a pass that reads the slices one at a time (`restore.scan_damage`) and writes the
   mask slab by slab into the work folder; the blocks read their part of it. The diffusion
   model's intensity range (of the undamaged voxels) is streamed from it once, so every block
-  normalises as the whole volume does in memory. The inr fills and fine-tuning train on the
-  whole volume and run in memory.
+  normalises as the whole volume does in memory; ``--fine-tune`` tunes the model once, on the
+  undamaged slices of the central slab (`training_box`), as learned iso and sr train. The inr
+  fills (one network per gap length, trained on the whole volume) run in memory.
 - iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
   next one (linear; flow also on one more on each side, which bend its paths), so a block of
   output slices reads only its input slab (and one slice of halo for flow); the natural
@@ -140,7 +141,8 @@ class InpaintBlocks(BlockStage):
     """`inpaint` by blocks: given whole ``slices``, and with ``detect``, a ``mask`` volume file
     or an alignment's ``transforms`` a damage mask, built first (`damage_pass`); ``method``
     and ``diffusion`` as in `vemviz.restore.fill_damage` (not the inr fills, which train on
-    the whole volume, nor fine-tuning)."""
+    the whole volume). Fine-tuning (``diffusion.fine_tune`` steps) runs once, before the
+    blocks, on the undamaged slices of `training_box`, and the blocks apply that model."""
 
     slices: tuple[int, ...] = ()
     method: str = "auto"
@@ -163,6 +165,12 @@ class InpaintBlocks(BlockStage):
         rather than the given whole slices."""
         return self.detect or self.mask is not None or self.transforms is not None
 
+    @property
+    def interpolates_given_slices(self) -> bool:
+        """Given whole slices, filled by flow or linear interpolation (auto: flow): nothing
+        to prepare before the blocks."""
+        return not self.masked and self.method in ("auto", "flow", "linear")
+
     def prepare(self, volume: Volume, runner: Runner) -> InpaintBlocks:
         if not (self.slices or self.detect or self.mask is not None):
             raise VemvizError(
@@ -171,7 +179,7 @@ class InpaintBlocks(BlockStage):
         bad = tuple(sorted(set(self.slices)))
         if self.mask is not None:
             restore_mod.check_mask(volume.data, self._mask_volume().data)
-        elif not self.masked:
+        elif self.interpolates_given_slices:
             _check_good_slice(len(bad), volume.shape[0])
             return replace(self, slices=bad, damaged=bad)
         return replace(self, slices=bad)
@@ -182,7 +190,7 @@ class InpaintBlocks(BlockStage):
         return read_volume(self.mask)  # type: ignore[arg-type]
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
-        stage = self.damage_pass(volume, work, runner) if self.masked else self
+        stage = self if self.interpolates_given_slices else self.damage_pass(volume, work, runner)
         object.__setattr__(self, "damage", stage.damage)
         computed = run_blocks(stage, volume, work, grid, runner)
         if self.mask_out is not None and stage.damage_store is not None:
@@ -193,24 +201,43 @@ class InpaintBlocks(BlockStage):
         """The stage with its damage mask written to the work folder (uint8 OME-Zarr, 1 =
         damaged) slab by slab: the given slices and mask, and the damage detected on the
         slices streamed one at a time (`vemviz.restore.scan_damage`), all off the alignment's
-        padding; plus, for diffusion fills, the intensity range of the undamaged voxels. A
-        resumed run reads what the first one recorded."""
+        padding; plus, for diffusion fills, the intensity range of the undamaged voxels and
+        the fine-tuned model. A resumed run reads what the first one recorded."""
         from vemviz.io.atomic import write_json
 
         store, record = work.root / "damage.ome.zarr", work.root / "damage.json"
+        tuned = work.root / "diffusion_model"
         if not record.is_file():
             damage = self._write_damage(volume, store, runner)
             _check_good_slice(len(damage["damaged"]), volume.shape[0])
             if set(restore_mod.DIFFUSION_METHODS) & set(damage["methods"].values()):
                 damage["value_range"] = _undamaged_range(volume, store, runner)
+                if self.diffusion.fine_tune:
+                    damage["fine_tune"] = self._fine_tune(volume, store, damage, tuned)
             write_json(record, damage)
         damage = json.loads(record.read_text())
         damage["methods"] = {int(z): method for z, method in damage["methods"].items()}
         diffusion = self.diffusion
         if "value_range" in damage:
             diffusion = replace(diffusion, value_range=tuple(damage["value_range"]))
+        if "fine_tune" in damage:
+            diffusion = replace(diffusion, weights=tuned, fine_tune=0)
         return replace(self, damaged=tuple(damage["damaged"]), damage_store=str(store),
                        damage=damage, diffusion=diffusion)  # fmt: skip
+
+    def _fine_tune(
+        self, volume: Volume, store: Path, damage: dict[str, Any], path: Path
+    ) -> dict[str, Any]:
+        """Fine-tune the diffusion model on the undamaged slices of `training_box` (with the
+        whole volume's intensity range) and save it at ``path``; its report."""
+        from vemviz import diffusion
+
+        box = training_box(volume.shape)
+        options = replace(self.diffusion, value_range=tuple(damage["value_range"]))
+        slab = np.asarray(lazy(volume)[box])
+        filler = restore_mod.DiffusionFiller(slab, read_box(store, "0", box) != 0, options)
+        diffusion.save_model(filler.model, path)
+        return filler.report()
 
     def _write_damage(self, volume: Volume, store: Path, runner: Runner) -> dict[str, Any]:
         from vemviz.slices import SliceSource
@@ -340,14 +367,19 @@ class Learned:
         return "auto" if self.training is None else self.training.device
 
 
-def training_slab(volume: Volume) -> np.ndarray:
+def training_box(shape: tuple[int, int, int]) -> Box:
     """The central slab a learned stage trains on: the middle slices of the central
     `TRAINING_SLAB_SIDE` px square, as many as fit `TRAINING_SLAB_VOXELS` (at least 8)."""
-    n_z, n_y, n_x = volume.shape
+    n_z, n_y, n_x = shape
     side_y, side_x = min(n_y, TRAINING_SLAB_SIDE), min(n_x, TRAINING_SLAB_SIDE)
     depth = min(n_z, max(8, TRAINING_SLAB_VOXELS // (side_y * side_x)))
     z0, y0, x0 = (n_z - depth) // 2, (n_y - side_y) // 2, (n_x - side_x) // 2
-    return np.asarray(lazy(volume)[z0 : z0 + depth, y0 : y0 + side_y, x0 : x0 + side_x])
+    return _box((z0, z0 + depth), (y0, y0 + side_y), (x0, x0 + side_x))
+
+
+def training_slab(volume: Volume) -> np.ndarray:
+    """The voxels of the volume's `training_box`."""
+    return np.asarray(lazy(volume)[training_box(volume.shape)])
 
 
 def _with_volume_norm(learned: Learned, volume: Volume, runner: Runner) -> Learned:

@@ -600,7 +600,7 @@ def slice_methods(fractions: np.ndarray, method: str) -> dict[int, str]:
     return chosen
 
 
-class _DiffusionFiller:
+class DiffusionFiller:
     """The diffusion model with the stack's intensity range, loaded (and fine-tuned) once."""
 
     def __init__(self, stack: np.ndarray, mask: np.ndarray, options: DiffusionOptions) -> None:
@@ -618,6 +618,11 @@ class _DiffusionFiller:
             self.fine_tune_losses = diffusion.fine_tune(
                 self.model, normalised, good, options.fine_tune, seed=options.seed
             )
+
+    def report(self) -> dict[str, Any]:
+        """The fine-tuning's steps and first and last losses."""
+        losses = self.fine_tune_losses
+        return {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
 
     def fill(
         self, image: np.ndarray, mask: np.ndarray, below: np.ndarray, above: np.ndarray, t: float
@@ -722,7 +727,7 @@ def fill_damage(
     used = set(chosen.values())
     filler = None
     if used.intersection(DIFFUSION_METHODS):
-        filler = _DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
+        filler = DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
     if used.intersection(INR_METHODS):
         inr_filler = _InrFiller(stack, good, voxel_size_nm, training)
     flows: dict[tuple[int, int], PairFlow] = {}  # the last pair's
@@ -751,12 +756,7 @@ def fill_damage(
         out[z] = np.where(mask[z], to_dtype(values, stack.dtype), stack[z])
     report: dict[str, Any] = {"methods": {int(z): m for z, m in chosen.items()}}
     if filler is not None and filler.fine_tune_losses:
-        losses = filler.fine_tune_losses
-        report["fine_tune"] = {
-            "steps": len(losses),
-            "first_loss": losses[0],
-            "last_loss": losses[-1],
-        }
+        report["fine_tune"] = filler.report()
     return out, report
 
 

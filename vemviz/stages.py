@@ -311,17 +311,17 @@ def inpaint_blocks(
     """`inpaint` as a block stage (`vemviz.blockwise.InpaintBlocks`), ``mask`` a volume file
     and ``mask_out`` an OME-Zarr path for the damage mask used; None for the options without a
     block path: the inr fills (``time_budget`` is theirs), which train on the whole volume,
-    fine-tuning the diffusion model on it, and a mask given as an array."""
+    and a mask given as an array."""
     from vemviz.blockwise import InpaintBlocks
     from vemviz.chunked import check_output
 
     restore_mod.check_fill_method(method)
-    if method in restore_mod.INR_METHODS or fine_tune or isinstance(mask, np.ndarray):
+    if method in restore_mod.INR_METHODS or isinstance(mask, np.ndarray):
         return None
     if mask_out is not None:
         check_output(Path(mask_out))
     options = restore_mod.DiffusionOptions(
-        Path(weights) if weights else None, steps, samples, seed, 0, device
+        Path(weights) if weights else None, steps, samples, seed, fine_tune, device
     )
     return InpaintBlocks(
         tuple(slices), method, detect, None if mask is None else str(mask), transforms,
