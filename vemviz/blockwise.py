@@ -335,12 +335,7 @@ def _undamaged_range(volume: Volume, damage_store: Path, runner: Runner) -> list
     for z0, region in _slabs(volume):
         box = _box((z0, z0 + region.shape[0]), (0, height), (0, width))
         tasks.append(_CountsTask(region, np.arange(region.shape[0]), region_of(undamaged, box)))
-    value_range = None
-    if not intensity.value_counts_exact(volume.dtype):
-        ranges = runner.run(tasks, "inpaint: intensity range")
-        value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
-        tasks = [replace(task, value_range=value_range) for task in tasks]
-    counts = np.sum(runner.run(tasks, "inpaint: intensity histogram"), axis=0)
+    counts, value_range = _summed_counts(tasks, volume.dtype, runner, "inpaint")
     return list(diffusion.range_of_counts(counts, volume.dtype, value_range))
 
 
@@ -1020,13 +1015,21 @@ def intensity_range(volume: Volume, imaged: np.ndarray, runner: Runner) -> tuple
         local = chosen[(chosen >= z0) & (chosen < z0 + region.shape[0])] - z0
         if len(local):
             tasks.append(_CountsTask(region, local))
+    counts, value_range = _summed_counts(tasks, volume.dtype, runner, "segment")
+    return intensity.range_from_counts(counts, volume.dtype, value_range)
+
+
+def _summed_counts(
+    tasks: list[_CountsTask], dtype: np.dtype, runner: Runner, stage: str
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The tasks' `intensity.value_counts` summed, and the (min, max) they were counted over
+    (found first, in a pass of its own, for the types that need one; else None)."""
     value_range = None
-    if not intensity.value_counts_exact(volume.dtype):
-        ranges = runner.run(tasks, "segment: intensity range")
+    if not intensity.value_counts_exact(dtype):
+        ranges = runner.run(tasks, f"{stage}: intensity range")
         value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
         tasks = [replace(task, value_range=value_range) for task in tasks]
-    counts = np.sum(runner.run(tasks, "segment: intensity histogram"), axis=0)
-    return intensity.range_from_counts(counts, volume.dtype, value_range)
+    return np.sum(runner.run(tasks, f"{stage}: intensity histogram"), axis=0), value_range
 
 
 def mito_threshold(volume: Volume, voxel: VoxelSize, runner: Runner) -> float:
