@@ -304,13 +304,14 @@ def test_cli_says_when_a_volume_over_the_budget_runs_in_memory(phantom, tmp_path
     source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
     path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
     out = str(tmp_path / "out.ome.zarr")
-    inr = ["--slices", "9", "--method", "inr", "--time-budget", "1"]  # trains on the volume
-    assert main(["inpaint", path, *inr, "--out", out, "--memory-budget", "2MiB"]) == 0
+    probabilities = ["--probabilities", str(tmp_path / "p.ome.zarr")]  # no block path
+    segment = ["segment", path, "--target", "mito", "--out", out]
+    assert main([*segment, *probabilities, "--memory-budget", "2MiB"]) == 0
     said = " ".join(capsys.readouterr().err.split())
-    assert "inpaint runs in memory (these options have no block path)" in said
+    assert "segment runs in memory (these options have no block path)" in said
     assert "above the memory budget" in said
-    assert main(["inpaint", path, "--slices", "9", "--out", out, "--memory-budget", "2MiB"]) == 0
-    assert "runs in memory" not in capsys.readouterr().err  # whole slices go by blocks
+    assert main([*segment, "--memory-budget", "2MiB"]) == 0
+    assert "runs in memory" not in capsys.readouterr().err
 
 
 def test_damage_detection_and_masked_fills_by_blocks_equal_in_memory(phantom, tmp_path) -> None:
@@ -364,6 +365,37 @@ def test_diffusion_and_fine_tuning_by_blocks(phantom, tmp_path) -> None:
     effect = np.abs(tuned - plain)[9].mean()
     assert effect > 0 and np.abs(tuned - tuned_want.numpy())[9].mean() < 0.05 * effect
     np.testing.assert_array_equal(np.delete(tuned, 9, axis=0), np.delete(plain, 9, axis=0))
+
+
+def test_inr_fills_by_blocks_equal_in_memory(phantom, tmp_path) -> None:
+    """The inr networks (one per gap length: 1 and 2 here) are trained once before the blocks
+    on the central slab (the whole phantom), and the blocks read the 8 good slices the fills
+    use on each side: with the same training, the in-memory result (one torch thread, where
+    training is deterministic)."""
+    import torch
+
+    from vemviz.inr import Architecture, Training
+    from vemviz.restore import fill_damage
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        volume = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))
+        source = vemviz.read_volume(vemviz.write_volume(volume, tmp_path / "raw.ome.zarr"))
+        arch = Architecture(channels=8, blocks=2, hidden=8, neighbours=1)
+        training = Training(steps=20, time_budget=None, batch=4, patch=24, device="cpu",
+                            architecture=arch)  # fmt: skip
+        mask = np.zeros(volume.shape, dtype=bool)
+        mask[[9, 15, 16]] = True
+        want, _ = fill_damage(volume.numpy(), mask, "inr", voxel_size_nm=volume.voxel_size_nm,
+                              training=training)  # fmt: skip
+        stage = InpaintBlocks((9, 15, 16), method="inr", training=training)
+        report = run_chunked(stage, source, tmp_path / "out.ome.zarr", block=(4, 64, 64),
+                             workers=2)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert report["blocks"] > 1 and sorted(report["inr_training"]) == [1, 2]
+    np.testing.assert_array_equal(vemviz.read_volume(tmp_path / "out.ome.zarr").numpy(), want)
 
 
 def test_pipeline_runs_its_stages_by_blocks_over_the_budget(phantom, tmp_path) -> None:

@@ -11,9 +11,11 @@ halo is what makes block results equal to whole-volume results:
   first, in a pass that reads the slices one at a time (`restore.scan_damage`) and writes the
   mask slab by slab into the work folder; the blocks read their part of it. The diffusion
   model's intensity range (of the undamaged voxels) is streamed from it once, so every block
-  normalises as the whole volume does in memory; ``--fine-tune`` tunes the model once, on the
-  undamaged slices of the central slab (`training_box`), as learned iso and sr train. The inr
-  fills (one network per gap length, trained on the whole volume) run in memory.
+  normalises as the whole volume does in memory. What learns from the volume does so once,
+  before the blocks, on the undamaged slices of the central slab (`training_box`), as learned
+  iso and sr train: ``--fine-tune`` of the diffusion model, and the inr fills' networks (one
+  per gap length), kept in the work folder; for the inr fills each block reads
+  `restore.INR_CONTEXT` good slices on each side, all a fill reads.
 - iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
   next one (linear; flow also on one more on each side, which bend its paths), so a block of
   output slices reads only its input slab (and one slice of halo for flow); the natural
@@ -139,10 +141,11 @@ def _span(s: slice) -> tuple[int, int]:
 @dataclass(frozen=True)
 class InpaintBlocks(BlockStage):
     """`inpaint` by blocks: given whole ``slices``, and with ``detect``, a ``mask`` volume file
-    or an alignment's ``transforms`` a damage mask, built first (`damage_pass`); ``method``
-    and ``diffusion`` as in `vemviz.restore.fill_damage` (not the inr fills, which train on
-    the whole volume). Fine-tuning (``diffusion.fine_tune`` steps) runs once, before the
-    blocks, on the undamaged slices of `training_box`, and the blocks apply that model."""
+    or an alignment's ``transforms`` a damage mask, built first (`damage_pass`); ``method``,
+    ``diffusion`` and the inr's ``training`` as in `vemviz.restore.fill_damage`. What learns
+    from the volume does so once, before the blocks, on the undamaged slices of
+    `training_box`: fine-tuning (``diffusion.fine_tune`` steps) and the inr networks (one per
+    gap length); the blocks apply those models."""
 
     slices: tuple[int, ...] = ()
     method: str = "auto"
@@ -151,6 +154,9 @@ class InpaintBlocks(BlockStage):
     transforms: dict[str, Any] | None = None  # the stack's alignment: its padding is no damage
     mask_out: str | None = None  # OME-Zarr path for the damage mask used
     diffusion: restore_mod.DiffusionOptions = field(default_factory=restore_mod.DiffusionOptions)
+    training: Any = None  # inr, ensemble: `vemviz.inr.Training` (None: its defaults)
+    voxel: VoxelSize | None = None  # the volume's (prepare)
+    inr_models: dict[int, str] = field(default_factory=dict)  # gap length -> file (damage pass)
     damaged: tuple[int, ...] = ()  # slices with damage (prepare, or the damage pass)
     damage_store: str | None = None  # the damage pass's mask in the work folder
     damage: dict[str, Any] = field(default_factory=dict, compare=False)  # its report
@@ -182,7 +188,9 @@ class InpaintBlocks(BlockStage):
         elif self.interpolates_given_slices:
             _check_good_slice(len(bad), volume.shape[0])
             return replace(self, slices=bad, damaged=bad)
-        return replace(self, slices=bad)
+        if self.method in restore_mod.INR_METHODS:  # its clear error before any pass
+            restore_mod.gap_spacing(volume.voxel_size_nm)
+        return replace(self, slices=bad, voxel=volume.voxel_size_nm)
 
     def _mask_volume(self) -> Volume:
         from vemviz.io import read_volume
@@ -214,16 +222,39 @@ class InpaintBlocks(BlockStage):
                 damage["value_range"] = _undamaged_range(volume, store, runner)
                 if self.diffusion.fine_tune:
                     damage["fine_tune"] = self._fine_tune(volume, store, damage, tuned)
+            if set(restore_mod.INR_METHODS) & set(damage["methods"].values()):
+                damage["inr_training"] = self._train_inr(volume, store, damage, work)
             write_json(record, damage)
         damage = json.loads(record.read_text())
-        damage["methods"] = {int(z): method for z, method in damage["methods"].items()}
+        for key in ("methods", "inr_training"):  # JSON keys are strings
+            if key in damage:
+                damage[key] = {int(k): value for k, value in damage[key].items()}
         diffusion = self.diffusion
         if "value_range" in damage:
             diffusion = replace(diffusion, value_range=tuple(damage["value_range"]))
         if "fine_tune" in damage:
             diffusion = replace(diffusion, weights=tuned, fine_tune=0)
+        models = {run: str(_gap_model(work, run)) for run in damage.get("inr_training", {})}
         return replace(self, damaged=tuple(damage["damaged"]), damage_store=str(store),
-                       damage=damage, diffusion=diffusion)  # fmt: skip
+                       damage=damage, diffusion=diffusion, inr_models=models)  # fmt: skip
+
+    def _train_inr(
+        self, volume: Volume, store: Path, damage: dict[str, Any], work: Work
+    ) -> dict[int, dict[str, Any]]:
+        """Train the inr network of every gap length the damage has on the undamaged slices of
+        `training_box` and save them in the work folder; their training reports by length."""
+        from vemviz import inr
+
+        box = training_box(volume.shape)
+        slab = np.asarray(lazy(volume)[box])
+        clean = ~(read_box(store, "0", box) != 0).reshape(len(slab), -1).any(axis=1)
+        filler = restore_mod.InrFiller(slab, np.flatnonzero(clean), self.voxel, self.training)
+        reports = {}
+        for run in sorted(restore_mod.gap_runs(damage["damaged"], volume.shape[0])):
+            model = filler.model(run)
+            inr.save_model(model, _gap_model(work, run))
+            reports[run] = inr.training_report(model)
+        return reports
 
     def _fine_tune(
         self, volume: Volume, store: Path, damage: dict[str, Any], path: Path
@@ -285,23 +316,24 @@ class InpaintBlocks(BlockStage):
         return 1.0 + sum(z0 <= z < z1 for z in self.damaged)
 
     def source(self, box: Box, in_shape: tuple[int, int, int]) -> Box:
+        """The block's slices and, on each side, the good slices its fills read: the nearest
+        and the one beyond it (flow bends its paths through them), or for the inr fills
+        `restore.INR_CONTEXT` of them."""
         bad = set(self.damaged)
         z0, z1 = _span(box[0])
-        last = in_shape[0] - 1
+        reach = restore_mod.INR_CONTEXT if self.method in restore_mod.INR_METHODS else 2
 
-        def good_below(z: int) -> int:
-            while z in bad and z > 0:
-                z -= 1
+        def past_good(z: int, step: int) -> int:
+            """The slice ``reach`` good slices away from ``z`` (counted from it), or the end."""
+            found = 0
+            while 0 <= z + step < in_shape[0]:
+                found += z not in bad
+                if found == reach:
+                    return z
+                z += step
             return z
 
-        def good_above(z: int) -> int:
-            while z in bad and z < last:
-                z += 1
-            return z
-
-        low, high = good_below(z0), good_above(z1 - 1)  # the nearest good slices,
-        low = good_below(low - 1) if low > 0 else low  # and the ones beyond them
-        high = good_above(high + 1) if high < last else high
+        low, high = past_good(z0, -1), past_good(z1 - 1, 1)
         return _box((low, high + 1), (0, in_shape[1]), (0, in_shape[2]))
 
     def compute(self, region: np.ndarray, region_box: Box, box: Box) -> np.ndarray:
@@ -315,8 +347,18 @@ class InpaintBlocks(BlockStage):
             mask[[z - z_lo for z in self.damaged if z_lo <= z < z_hi]] = True
         else:
             mask = read_box(Path(self.damage_store), "0", region_box) != 0
-        filled, _ = restore_mod.fill_damage(region, mask, self.method, self.diffusion, only=own)
+        device = "auto" if self.training is None else self.training.device
+        models = {run: _load_model(path, "iso", device) for run, path in self.inr_models.items()}
+        filled, _ = restore_mod.fill_damage(
+            region, mask, self.method, self.diffusion, voxel_size_nm=self.voxel,
+            training=self.training, inr_models=models, only=own,
+        )  # fmt: skip
         return filled[_local(box, region_box)]
+
+
+def _gap_model(work: Work, run: int) -> Path:
+    """Where the inr network for gaps of ``run`` slices is kept in the work folder."""
+    return work.root / f"inr_gap{run}.pt"
 
 
 def _check_good_slice(damaged: int, n_slices: int) -> None:

@@ -128,7 +128,7 @@ _ECHO_SEED = 0.8
 _ECHO_MARGIN = 8
 _BLIND_PX = 12  # residuals are not scored this close to pixels outside a section
 _DIFFUSION_MARGIN = 32
-_INR_CONTEXT = 8  # good slices used on each side of a gap by the inr filler
+INR_CONTEXT = 8  # good slices used on each side of a gap by the inr filler
 
 
 def parse_slice_list(text: str, n_slices: int) -> list[int]:
@@ -553,6 +553,22 @@ def scan_damage(source: SliceSource) -> tuple[dict[str, Any], SliceMasks]:
     return report, masks
 
 
+def gap_runs(damaged: Collection[int], n_slices: int) -> set[int]:
+    """The lengths of the runs of consecutive damaged slices that have a good slice on both
+    sides (those the inr fills with one network per length)."""
+    bad = set(damaged)
+    runs, z = set(), 0
+    while z < n_slices:
+        if z in bad:
+            start = z
+            while z in bad:
+                z += 1
+            if start > 0 and z < n_slices:
+                runs.add(z - start)
+        z += 1
+    return runs
+
+
 def _bounds(z: int, good: np.ndarray) -> tuple[int | None, int | None]:
     """Nearest good slice below and above ``z`` (None where there is none)."""
     below, above = good[good < z], good[good > z]
@@ -654,42 +670,59 @@ class DiffusionFiller:
         return out
 
 
-class _InrFiller:
-    """Gap filling by the self-supervised network of `vemviz.inr`, one per run length."""
+def gap_spacing(voxel_size_nm: Any) -> float:
+    """The z/xy voxel ratio at which the inr fills learn z from the XY planes."""
+    from vemviz.volume import validate_voxel_size
+
+    if voxel_size_nm is None:
+        raise VemvizError(
+            "--method inr/ensemble needs the voxel size (the network learns z from the XY "
+            "planes at the z/xy ratio): pass --voxel-size Z,Y,X in nm"
+        )
+    z, y, x = validate_voxel_size(voxel_size_nm)
+    return z / (0.5 * (y + x))
+
+
+class InrFiller:
+    """Gap filling by the self-supervised network of `vemviz.inr`, one per run length (trained
+    on the XY planes of the ``good`` slices of ``stack`` when first needed, unless given in
+    ``models``)."""
 
     def __init__(
-        self, stack: np.ndarray, good: np.ndarray, voxel_size_nm: Any, training: Any
+        self,
+        stack: np.ndarray,
+        good: np.ndarray,
+        voxel_size_nm: Any,
+        training: Any,
+        models: dict[int, Any] | None = None,
     ) -> None:
         from vemviz import inr
-        from vemviz.volume import validate_voxel_size
 
-        if voxel_size_nm is None:
-            raise VemvizError(
-                "--method inr/ensemble needs the voxel size (the network learns z from the XY "
-                "planes at the z/xy ratio): pass --voxel-size Z,Y,X in nm"
-            )
-        z, y, x = validate_voxel_size(voxel_size_nm)
         self.inr, self.stack, self.good = inr, stack, good
         self.usable = set(good.tolist())
-        self.ratio = z / (0.5 * (y + x))
+        self.ratio = gap_spacing(voxel_size_nm)
         self.training = training or inr.Training()
-        self.models: dict[int, Any] = {}
+        self.models: dict[int, Any] = dict(models or {})
 
-    def fill(self, z: int, below: int, above: int) -> np.ndarray:
-        run = above - below - 1
+    def model(self, run: int) -> Any:
+        """The network that fills runs of ``run`` missing slices."""
         if run not in self.models:
             self.models[run] = self.inr.train_gap(
                 self.stack[self.good], self.ratio, run, self.training
             )
+        return self.models[run]
+
+    def fill(self, z: int, below: int, above: int) -> np.ndarray:
+        run = above - below - 1
         rows = [below, above]
-        for _ in range(_INR_CONTEXT - 1):
+        for _ in range(INR_CONTEXT - 1):
             if rows[0] - 1 in self.usable:
                 rows.insert(0, rows[0] - 1)
             if rows[-1] + 1 in self.usable:
                 rows.append(rows[-1] + 1)
         position = rows.index(below) + (z - below) / (run + 1)
         values, _ = self.inr.reconstruct_iso(
-            self.models[run], self.stack[rows], np.array([position])
+            self.model(run), self.stack[rows], np.array([position])
         )
         return values[0]
 
@@ -702,13 +735,15 @@ def fill_damage(
     *,
     voxel_size_nm: Any = None,
     training: Any = None,
+    inr_models: dict[int, Any] | None = None,
     only: Collection[int] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Return a copy of ``stack`` with the voxels where ``mask`` is true restored, and a report.
 
     Each damaged slice is rebuilt from the nearest undamaged slices below and above (see the
     module docstring); ``method`` is one of `FILL_METHODS` (``"inr"`` and ``"ensemble"`` need
-    ``voxel_size_nm``; ``training`` is the inr's `vemviz.inr.Training`); ``only``: restore
+    ``voxel_size_nm``; ``training`` is the inr's `vemviz.inr.Training`, ``inr_models`` its
+    networks per run length trained beforehand, see `InrFiller`); ``only``: restore
     just these slices (the others are left as they are, their damage still excluding them as
     sources).
     Output dtype = input dtype (rounded and clipped for integer types). The report gives the
@@ -729,7 +764,7 @@ def fill_damage(
     if used.intersection(DIFFUSION_METHODS):
         filler = DiffusionFiller(stack, mask, diffusion or DiffusionOptions())
     if used.intersection(INR_METHODS):
-        inr_filler = _InrFiller(stack, good, voxel_size_nm, training)
+        inr_filler = InrFiller(stack, good, voxel_size_nm, training, inr_models)
     flows: dict[tuple[int, int], PairFlow] = {}  # the last pair's
     for z in track(sorted(chosen), "restore: filling slices"):
         below, above = _bounds(z, good)

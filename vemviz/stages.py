@@ -234,8 +234,8 @@ GROWING_STAGES = ("iso", "sr")
 def block_stage(name: str, volume: Volume, options: dict[str, Any]):
     """Stage ``name`` (`align`, `apply_alignment`, `iso`, `sr`, `inpaint`, `segment`, with its
     keyword ``options``) as a block stage (`vemviz.blockwise`), or None where those options have no
-    block path: inpaint's inr fills, fine-tuning and masks given as arrays (`inpaint_blocks`),
-    and segmentation with prompts, a model file or a probability output."""
+    block path: inpaint with a mask given as an array (`inpaint_blocks`), and segmentation
+    with prompts, a model file or a probability output."""
     from vemviz import blockwise
 
     if name == "iso":
@@ -309,23 +309,24 @@ def inpaint_blocks(
     time_budget: float | None = None,
 ):
     """`inpaint` as a block stage (`vemviz.blockwise.InpaintBlocks`), ``mask`` a volume file
-    and ``mask_out`` an OME-Zarr path for the damage mask used; None for the options without a
-    block path: the inr fills (``time_budget`` is theirs), which train on the whole volume,
-    and a mask given as an array."""
+    and ``mask_out`` an OME-Zarr path for the damage mask used (``time_budget``: the inr
+    fills' training seconds per gap length); None for a mask given as an array."""
     from vemviz.blockwise import InpaintBlocks
     from vemviz.chunked import check_output
 
     restore_mod.check_fill_method(method)
-    if method in restore_mod.INR_METHODS or isinstance(mask, np.ndarray):
+    if isinstance(mask, np.ndarray):
         return None
     if mask_out is not None:
         check_output(Path(mask_out))
     options = restore_mod.DiffusionOptions(
         Path(weights) if weights else None, steps, samples, seed, fine_tune, device
     )
+    learns = method in restore_mod.INR_METHODS
     return InpaintBlocks(
         tuple(slices), method, detect, None if mask is None else str(mask), transforms,
         None if mask_out is None else str(mask_out), options,
+        _training(time_budget, device, seed) if learns else None,
     )  # fmt: skip
 
 
