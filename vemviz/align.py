@@ -476,10 +476,16 @@ def transform_section(
     section: np.ndarray, transforms: dict[str, Any], z: int, order: int = 1
 ) -> np.ndarray:
     """Section ``z`` (y, x) of a stack warped by its transform in ``transforms``."""
+    return _warp_section(section, *_section_maps(transforms, z, section.shape), order)
+
+
+def _section_maps(
+    transforms: dict[str, Any], z: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_sample_maps` of section ``z``'s matrix and mesh in ``transforms``."""
     meshes = transforms.get("displacements")
     mesh = None if not meshes or meshes[z] is None else np.asarray(meshes[z], dtype=np.float64)
-    maps = _sample_maps(np.asarray(transforms["matrices"][z]), mesh, section.shape)
-    return _warp_section(section, *maps, order)
+    return _sample_maps(np.asarray(transforms["matrices"][z]), mesh, shape)
 
 
 # --------------------------------------------------------------------------------- public
@@ -490,9 +496,7 @@ def section_mask(transforms: dict[str, Any] | None, z: int, shape: tuple[int, in
     them if untransformed); one slice of `section_masks`."""
     if transforms is None:
         return np.ones(shape, bool)
-    mesh = transforms["displacements"][z] if transforms["displacements"] else None
-    mesh = None if mesh is None else np.asarray(mesh)
-    map_x, map_y = _sample_maps(np.asarray(transforms["matrices"][z]), mesh, shape)
+    map_x, map_y = _section_maps(transforms, z, shape)
     return (map_x >= 0) & (map_x <= shape[1] - 1) & (map_y >= 0) & (map_y <= shape[0] - 1)
 
 
@@ -539,40 +543,13 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def align_stack(
-    stack: np.ndarray,
-    mode: str = "rigid",
-    skip: Sequence[int] = (),
-    neighbours: int = 2,
-    detrend: bool = False,
-    mesh_spacing: int = 32,
-    stiffness: float = 0.05,
-    smooth: float = 0.0,
-    deformation_sigma: float = 3.0,
+    stack: np.ndarray, mode: str = "rigid", **options: Any
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Align the sections of ``stack`` (z, y, x); returns (aligned stack, report).
-
-    ``mode``: ``rigid`` (rotation + translation), ``affine``, or ``elastic`` (rigid plus a
-    smooth per-section displacement mesh; ``mesh_spacing`` px, ``stiffness`` towards the rigid
-    position). ``deformation_sigma``: the affine deformations and elastic meshes keep only
-    their part that differs from the neighbouring sections (a local linear fit of that many
-    sections along z is subtracted; 0 = off). ``skip``:
-    section indices to treat as damaged.
-    ``neighbours``: how many previous good sections each section is registered to.
-    ``smooth`` > 0 (sections): keep the slow part of the trajectory (a Gaussian of that width
-    along z), so that structure that really drifts through the stack is not straightened.
-    The report holds ``transforms`` (``mode``, ``shape``, ``matrices``: per section a 2x3
-    matrix mapping output (x, y) pixels to that section's pixels, ``displacements``: None or
-    per section a (rows, cols, 2) mesh of (dx, dy) pixels; the input of `apply_transforms`),
-    ``bad_sections`` (bridged), ``pairs`` (z, ref, ncc of each registration), ``sections``
-    (per z: status, ``ncc_prev_before``/``after`` with section z-1) and the mean NCCs
-    (`register_sections`).
-    """
+    """Align the sections of ``stack`` (z, y, x); returns (aligned stack, report): the report
+    of `register_sections` (``mode`` and ``options`` are its), then `apply_transforms`."""
     if stack.ndim != 3:
         raise VemvizError(f"alignment needs a (z, y, x) stack, got {stack.ndim} dimensions")
-    report = register_sections(
-        SliceSource(stack), mode, skip, neighbours, detrend, mesh_spacing, stiffness, smooth,
-        deformation_sigma,
-    )  # fmt: skip
+    report = register_sections(SliceSource(stack), mode, **options)
     return apply_transforms(stack, report["transforms"], order=1), report
 
 
@@ -587,9 +564,25 @@ def register_sections(
     smooth: float = 0.0,
     deformation_sigma: float = 3.0,
 ) -> dict[str, Any]:
-    """`align_stack`'s report, transforms included, from the sections of ``source`` read a few
-    at a time (a stack on disk need not fit in memory): each section with its previous good
-    neighbours, and for ``elastic`` and the NCCs after alignment, warped one at a time."""
+    """Register the sections of ``source``, read a few at a time (a stack on disk need not fit
+    in memory): each section with its previous good neighbours, and for ``elastic`` and the
+    NCCs after alignment, warped one at a time. Returns the report.
+
+    ``mode``: ``rigid`` (rotation + translation), ``affine``, or ``elastic`` (rigid plus a
+    smooth per-section displacement mesh; ``mesh_spacing`` px, ``stiffness`` towards the rigid
+    position). ``deformation_sigma``: the affine deformations and elastic meshes keep only
+    their part that differs from the neighbouring sections (a local linear fit of that many
+    sections along z is subtracted; 0 = off). ``skip``:
+    section indices to treat as damaged.
+    ``neighbours``: how many previous good sections each section is registered to.
+    ``smooth`` > 0 (sections): keep the slow part of the trajectory (a Gaussian of that width
+    along z), so that structure that really drifts through the stack is not straightened.
+    The report holds ``transforms`` (``mode``, ``shape``, ``matrices``: per section a 2x3
+    matrix mapping output (x, y) pixels to that section's pixels, ``displacements``: None or
+    per section a (rows, cols, 2) mesh of (dx, dy) pixels; the input of `apply_transforms`),
+    ``bad_sections`` (bridged), ``pairs`` (z, ref, ncc of each registration), ``sections``
+    (per z: status, ``ncc_prev_before``/``after`` with section z-1) and the mean NCCs.
+    """
     if mode not in MODES:
         raise VemvizError(f"unknown alignment mode {mode!r}; choose rigid, affine or elastic")
     shape = source.shape
