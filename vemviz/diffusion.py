@@ -60,7 +60,7 @@ import numpy as np
 from vemviz import damage
 from vemviz.errors import VemvizError
 from vemviz.flow import cached_pair_flows, curved_pair_flows, warp_pair
-from vemviz.intensity import range_from_counts, value_counts, value_counts_exact
+from vemviz.intensity import count_values, range_from_counts
 from vemviz.progress import track
 
 if TYPE_CHECKING:
@@ -115,10 +115,8 @@ def intensity_range(stack: np.ndarray, mask: np.ndarray | None = None) -> tuple[
     values = stack[~mask] if mask is not None and mask.any() else stack.ravel()
     if values.size == 0:
         values = stack.ravel()
-    value_range = None
-    if not value_counts_exact(values.dtype):
-        value_range = (float(values.min()), float(values.max()))
-    return range_of_counts(value_counts(values, value_range), values.dtype, value_range)
+    counts, value_range = count_values(values)
+    return range_of_counts(counts, values.dtype, value_range)
 
 
 def range_of_counts(

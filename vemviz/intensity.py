@@ -32,6 +32,15 @@ def value_counts(values: np.ndarray, value_range: tuple[float, float] | None = N
     return np.histogram(values.astype(np.float32), bins=FLOAT_BINS, range=value_range)[0]
 
 
+def count_values(values: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """`value_counts` of ``values`` in memory, and the (min, max) they were counted over (None
+    for the types counted exactly): what `range_from_counts` takes."""
+    value_range = None
+    if not value_counts_exact(values.dtype):
+        value_range = (float(values.min()), float(values.max()))
+    return value_counts(values, value_range), value_range
+
+
 def range_from_counts(
     counts: np.ndarray,
     dtype: np.dtype,

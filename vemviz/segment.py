@@ -52,7 +52,7 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from vemviz.errors import VemvizError
-from vemviz.intensity import range_from_counts, value_counts, value_counts_exact
+from vemviz.intensity import count_values, range_from_counts
 from vemviz.volume import VoxelSize
 
 if TYPE_CHECKING:
@@ -94,10 +94,8 @@ def intensity_range(image: np.ndarray, imaged: np.ndarray | None = None) -> tupl
         imaged = imaged_slices(image) if imaged is None else imaged
         if imaged.any():
             sample = image[normalisation_slices(imaged)]
-    value_range = None
-    if not value_counts_exact(sample.dtype):
-        value_range = (float(sample.min()), float(sample.max()))
-    return range_from_counts(value_counts(sample, value_range), sample.dtype, value_range)
+    counts, value_range = count_values(sample)
+    return range_from_counts(counts, sample.dtype, value_range)
 
 
 def normalize_intensity(
