@@ -121,18 +121,29 @@ def inpaint(
         volume, slices=slices, detect=detect, mask=mask, transforms=transforms
     )
     report["method"] = method
-    options = restore_mod.DiffusionOptions(
-        Path(weights) if weights else None, steps, samples, seed, fine_tune, device
-    )
-    learns = method in restore_mod.INR_METHODS
+    options, training = _fill_options(method, steps, samples, seed, fine_tune, weights, device,
+                                      time_budget)  # fmt: skip
     filled, fill_report = restore_mod.fill_damage(
         volume.numpy(), damaged, method, options, voxel_size_nm=volume.voxel_size_nm,
-        training=_training(time_budget, device, seed) if learns else None,
+        training=training,
     )  # fmt: skip
     report.update(fill_report)
     report["filled"] = sorted(fill_report["methods"])
     report["damaged_voxels"] = int(damaged.sum())
     return volume.with_data(filled, stage="inpaint"), report
+
+
+def _fill_options(
+    method: str, steps: int, samples: int, seed: int, fine_tune: int, weights: str | None,
+    device: str, time_budget: float | None,
+) -> tuple[restore_mod.DiffusionOptions, Any]:  # fmt: skip
+    """How `inpaint`'s fills run: the diffusion model's options, and the inr's training where
+    ``method`` trains it (else None)."""
+    options = restore_mod.DiffusionOptions(
+        Path(weights) if weights else None, steps, samples, seed, fine_tune, device
+    )
+    learns = method in restore_mod.INR_METHODS
+    return options, _training(time_budget, device, seed) if learns else None
 
 
 def _training(time_budget: float | None, device: str, seed: int):
@@ -319,14 +330,11 @@ def inpaint_blocks(
         return None
     if mask_out is not None:
         check_output(Path(mask_out))
-    options = restore_mod.DiffusionOptions(
-        Path(weights) if weights else None, steps, samples, seed, fine_tune, device
-    )
-    learns = method in restore_mod.INR_METHODS
+    options, training = _fill_options(method, steps, samples, seed, fine_tune, weights, device,
+                                      time_budget)  # fmt: skip
     return InpaintBlocks(
         tuple(slices), method, detect, None if mask is None else str(mask), transforms,
-        None if mask_out is None else str(mask_out), options,
-        _training(time_budget, device, seed) if learns else None,
+        None if mask_out is None else str(mask_out), options, training,
     )  # fmt: skip
 
 
