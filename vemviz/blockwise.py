@@ -210,7 +210,8 @@ class InpaintBlocks(BlockStage):
         damaged) slab by slab: the given slices and mask, and the damage detected on the
         slices streamed one at a time (`vemviz.restore.scan_damage`), all off the alignment's
         padding; plus, for diffusion fills, the intensity range of the undamaged voxels and
-        the fine-tuned model. A resumed run reads what the first one recorded."""
+        the fine-tuned model, and for inr fills their networks. A resumed run reads what the
+        first one recorded."""
         from vemviz.io.atomic import write_json
 
         store, record = work.root / "damage.ome.zarr", work.root / "damage.json"
@@ -218,12 +219,21 @@ class InpaintBlocks(BlockStage):
         if not record.is_file():
             damage = self._write_damage(volume, store, runner)
             _check_good_slice(len(damage["damaged"]), volume.shape[0])
-            if set(restore_mod.DIFFUSION_METHODS) & set(damage["methods"].values()):
+            used = set(damage["methods"].values())
+            diffuses = bool(used & set(restore_mod.DIFFUSION_METHODS))
+            if diffuses:
                 damage["value_range"] = _undamaged_range(volume, store, runner)
-                if self.diffusion.fine_tune:
-                    damage["fine_tune"] = self._fine_tune(volume, store, damage, tuned)
-            if set(restore_mod.INR_METHODS) & set(damage["methods"].values()):
-                damage["inr_training"] = self._train_inr(volume, store, damage, work)
+            tunes = diffuses and self.diffusion.fine_tune > 0
+            by_inr = bool(used & set(restore_mod.INR_METHODS))
+            if tunes or by_inr:  # both learn from the central slab's undamaged slices
+                box = training_box(volume.shape)
+                slab = np.asarray(lazy(volume)[box])
+                slab_damage = read_box(store, "0", box) != 0
+            if tunes:
+                damage["fine_tune"] = self._fine_tune(slab, slab_damage, damage, tuned)
+            if by_inr:
+                runs = restore_mod.gap_runs(damage["damaged"], volume.shape[0])
+                damage["inr_training"] = self._train_inr(slab, slab_damage, runs, work)
             write_json(record, damage)
         damage = json.loads(record.read_text())
         for key in ("methods", "inr_training"):  # JSON keys are strings
@@ -239,34 +249,31 @@ class InpaintBlocks(BlockStage):
                        damage=damage, diffusion=diffusion, inr_models=models)  # fmt: skip
 
     def _train_inr(
-        self, volume: Volume, store: Path, damage: dict[str, Any], work: Work
+        self, slab: np.ndarray, slab_damage: np.ndarray, runs: set[int], work: Work
     ) -> dict[int, dict[str, Any]]:
-        """Train the inr network of every gap length the damage has on the undamaged slices of
-        `training_box` and save them in the work folder; their training reports by length."""
+        """Train the inr network of each gap length in ``runs`` on the undamaged slices of
+        ``slab`` (`training_box`'s voxels) and save them in the work folder; their training
+        reports by length."""
         from vemviz import inr
 
-        box = training_box(volume.shape)
-        slab = np.asarray(lazy(volume)[box])
-        clean = ~(read_box(store, "0", box) != 0).reshape(len(slab), -1).any(axis=1)
+        clean = ~slab_damage.reshape(len(slab), -1).any(axis=1)
         filler = restore_mod.InrFiller(slab, np.flatnonzero(clean), self.voxel, self.training)
         reports = {}
-        for run in sorted(restore_mod.gap_runs(damage["damaged"], volume.shape[0])):
+        for run in sorted(runs):
             model = filler.model(run)
             inr.save_model(model, _gap_model(work, run))
             reports[run] = inr.training_report(model)
         return reports
 
     def _fine_tune(
-        self, volume: Volume, store: Path, damage: dict[str, Any], path: Path
+        self, slab: np.ndarray, slab_damage: np.ndarray, damage: dict[str, Any], path: Path
     ) -> dict[str, Any]:
-        """Fine-tune the diffusion model on the undamaged slices of `training_box` (with the
-        whole volume's intensity range) and save it at ``path``; its report."""
+        """Fine-tune the diffusion model on the undamaged slices of ``slab`` (`training_box`'s
+        voxels; with the whole volume's intensity range) and save it at ``path``; its report."""
         from vemviz import diffusion
 
-        box = training_box(volume.shape)
         options = replace(self.diffusion, value_range=tuple(damage["value_range"]))
-        slab = np.asarray(lazy(volume)[box])
-        filler = restore_mod.DiffusionFiller(slab, read_box(store, "0", box) != 0, options)
+        filler = restore_mod.DiffusionFiller(slab, slab_damage, options)
         diffusion.save_model(filler.model, path)
         return filler.report()
 
@@ -285,6 +292,7 @@ class InpaintBlocks(BlockStage):
         grid = Grid(volume.shape, (depth, height, width))
         create_store(store, grid, np.dtype(np.uint8), volume.voxel_size_nm, "damage")
         counts = np.zeros(n_z, dtype=np.int64)
+        outside = 0
         for i in track(range(len(grid)), "inpaint: writing the damage mask"):
             box = grid.box(i)
             z0, z1 = _span(box[0])
@@ -296,13 +304,14 @@ class InpaintBlocks(BlockStage):
                     slab[z - z0] = True
                 elif found is not None:
                     slab[z - z0] |= found.get(z)
-                slab[z - z0] &= ~source.outside(z)
+                padding = source.outside(z)
+                slab[z - z0] &= ~padding
+                outside += int(padding.sum())
             counts[z0:z1] = slab.reshape(len(slab), -1).sum(axis=1)
             write_levels(store, box, slab.astype(np.uint8), True, grid.levels)
         methods = restore_mod.slice_methods(counts / (height * width), self.method)
         damage.update(damaged=sorted(methods), methods=methods, damaged_voxels=int(counts.sum()))
         if self.transforms is not None:
-            outside = sum(int(source.outside(z).sum()) for z in range(n_z))
             damage["outside_voxels"] = outside
         return damage
 
