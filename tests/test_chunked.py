@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 import vemviz
@@ -23,6 +25,7 @@ from vemviz.chunked import Work, parse_memory, plan_grid, run_chunked
 from vemviz.cli import main
 from vemviz.damage import simulate_damage
 from vemviz.errors import VemvizError
+from vemviz.unet import load_model, save_model, shipped_model
 
 BLOCK = (8, 64, 64)
 
@@ -304,7 +307,7 @@ def test_cli_says_when_a_volume_over_the_budget_runs_in_memory(phantom, tmp_path
     source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
     path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
     out = str(tmp_path / "out.ome.zarr")
-    probabilities = ["--probabilities", str(tmp_path / "p.ome.zarr")]  # no block path
+    probabilities = ["--probabilities", str(tmp_path / "p.tif")]  # no block path
     segment = ["segment", path, "--target", "mito", "--out", out]
     assert main([*segment, *probabilities, "--memory-budget", "2MiB"]) == 0
     said = " ".join(capsys.readouterr().err.split())
@@ -312,6 +315,54 @@ def test_cli_says_when_a_volume_over_the_budget_runs_in_memory(phantom, tmp_path
     assert "above the memory budget" in said
     assert main([*segment, "--memory-budget", "2MiB"]) == 0
     assert "runs in memory" not in capsys.readouterr().err
+
+
+def test_segment_model_and_probabilities_by_blocks_equal_in_memory(phantom, tmp_path, capsys):
+    """`segment --model --probabilities` by blocks: the in-memory labels and probabilities of
+    that model (not the shipped one's); a model for another target, or one that finds nothing,
+    writes nothing and leaves no work folder."""
+    source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
+    path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
+    network = load_model(shipped_model("mito"))
+    with torch.no_grad():
+        network.head.bias += 1.0  # a model of one's own that says "mitochondrion" more readily
+    model = tmp_path / "mine.pt"
+    save_model(network, model, {})
+    segment = ["segment", path, "--target", "mito", "--model", str(model)]
+    memory, blocks = tmp_path / "memory", tmp_path / "blocks"
+    assert main([*segment, "--out", f"{memory}.tif", "--probabilities", f"{memory}-p.tif"]) == 0
+    assert main([*segment, "--out", f"{blocks}.ome.zarr", "--probabilities",
+                 f"{blocks}-p.ome.zarr", "--memory-budget", "2MiB"]) == 0  # fmt: skip
+    assert re.search(r"in \d+ blocks", capsys.readouterr().err)
+    want, got = (vemviz.read_volume(f"{memory}.tif").numpy(),
+                 vemviz.read_volume(f"{blocks}.ome.zarr").numpy())  # fmt: skip
+    assert got.max() == want.max() > 0 and _same_partition(got, want)
+    p_memory = vemviz.read_volume(f"{memory}-p.tif").numpy()
+    p_blocks = vemviz.read_volume(f"{blocks}-p.ome.zarr")
+    assert p_blocks.voxel_size_nm == phantom.raw.voxel_size_nm
+    np.testing.assert_allclose(p_blocks.numpy(), p_memory, atol=1e-6)
+    shipped = stages.segment(phantom.raw, target="mito")[0].numpy()
+    assert np.count_nonzero(got) > 1.05 * np.count_nonzero(shipped)  # the given model was used
+    for argv, said in (
+        (["segment", path, "--target", "cells", "--model", str(model)], "not a cells one"),
+        ([*segment[:-1], str(_silent_model(tmp_path))], "found no mito objects"),
+    ):
+        out = tmp_path / "none.ome.zarr"
+        assert main([*argv, "--out", str(out), "--probabilities", str(tmp_path / "none-p.ome.zarr"),
+                     "--memory-budget", "2MiB"]) == 2  # fmt: skip
+        assert said in capsys.readouterr().err
+        assert not out.exists() and not (tmp_path / "none-p.ome.zarr").exists()
+        assert not Work.beside(out).root.exists()
+
+
+def _silent_model(tmp_path: Path) -> Path:
+    """The shipped mito model with an output layer that says "background" everywhere."""
+    network = load_model(shipped_model("mito"))
+    with torch.no_grad():
+        network.head.bias.fill_(-30.0)
+    path = tmp_path / "silent.pt"
+    save_model(network, path, {})
+    return path
 
 
 def test_damage_detection_and_masked_fills_by_blocks_equal_in_memory(phantom, tmp_path) -> None:

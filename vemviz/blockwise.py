@@ -90,6 +90,7 @@ from vemviz.chunked import (
     Grid,
     Runner,
     Work,
+    check_output,
     create_store,
     lazy,
     mark_done,
@@ -104,6 +105,7 @@ from vemviz.chunked import (
     write_levels,
 )  # fmt: skip
 from vemviz.errors import VemvizError
+from vemviz.io import write_volume
 from vemviz.progress import track
 from vemviz.volume import Volume, VoxelSize
 
@@ -864,7 +866,7 @@ class _ProbabilityTask:
     def __call__(self) -> int:
         region = read_region(self.region)
         values = segment_mod.predict_probabilities(
-            region, self.stage.voxel, _network(self.stage.target),
+            region, self.stage.voxel, _network(self.stage.target, self.stage.model),
             value_range=self.stage.value_range, imaged=self.stage.imaged,
             origin=tuple(b.start for b in self.read), volume_shape=self.shape, area=self.box,
         )  # fmt: skip
@@ -1120,6 +1122,8 @@ class SegmentBlocks(BlockStage):
     method: str = "classical"
     value_range: tuple[float, float] | None = None  # learned: the volume's intensity range
     imaged: np.ndarray | None = field(default=None, compare=False)  # learned: per slice
+    model: str | None = None  # learned: a model file (`vemviz train-seg`), else the shipped one
+    probabilities: str | None = None  # learned: OME-Zarr path for the probability volume
     name = "segment"
     is_label = True
     bytes_per_voxel = 160.0
@@ -1131,17 +1135,22 @@ class SegmentBlocks(BlockStage):
                 "segmentation needs the voxel size (sizes are in nm), and the input carries "
                 "none: pass --voxel-size Z,Y,X in nm (for example --voxel-size 40,8,8)"
             )
+        if self.method != "learned" and (self.model or self.probabilities) is not None:
+            raise VemvizError("--model and --probabilities need the learned method")
+        if self.probabilities is not None:
+            check_output(Path(self.probabilities))
 
     def out_dtype(self, dtype: np.dtype) -> np.dtype:
         return np.dtype(np.uint32)
 
     def describe(self) -> dict[str, Any]:
         return {"stage": self.name, "target": self.target, "voxel": list(self.voxel),
-                "halo_nm": self.halo_nm, "method": self.method}  # fmt: skip
+                "halo_nm": self.halo_nm, "method": self.method, "model": self.model}  # fmt: skip
 
     def report(self) -> dict[str, Any]:
+        extra = {} if self.probabilities is None else {"probabilities": self.probabilities}
         return {"target": self.target, "objects": self.objects, "halo_nm": self.halo_nm,
-                "threshold": self.threshold}  # fmt: skip
+                "threshold": self.threshold, **extra}  # fmt: skip
 
     def halo(self) -> tuple[int, int, int]:
         return tuple(max(1, math.ceil(self.halo_nm / v)) for v in self.voxel)  # type: ignore[return-value]
@@ -1153,6 +1162,7 @@ class SegmentBlocks(BlockStage):
         if self.method == "learned":
             if self.value_range is not None:
                 return self
+            _network(self.target, self.model)  # a wrong or unreadable model fails here
             imaged = imaged_slices(volume, runner)
             if not imaged.any():
                 raise VemvizError("the volume is blank (every slice constant): nothing to segment")
@@ -1170,7 +1180,7 @@ class SegmentBlocks(BlockStage):
         options = {} if self.threshold is None else {"threshold": self.threshold}
         return segment_mod.segment(region, self.voxel, self.target, **options)[0].astype(np.uint32)
 
-    def probabilities(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> Volume:
+    def predict(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> Volume:
         """The learned model's probabilities of the whole volume, by blocks, in the work folder.
 
         Each tile of the network's grid is predicted once where possible: for XY-only
@@ -1178,7 +1188,7 @@ class SegmentBlocks(BlockStage):
         orientations they are the label ``grid``'s blocks, whose border tiles are predicted by
         both neighbours.
         """
-        network = _network(self.target)
+        network = _network(self.target, self.model)
         shape = volume.shape
         if segment_mod.plane_axes(self.voxel, shape) == (0,):
             depth = max(1, int(np.prod(grid.block)) // (shape[1] * shape[2]))
@@ -1196,7 +1206,7 @@ class SegmentBlocks(BlockStage):
             tasks.append(_ProbabilityTask(self, region_of(data, read), read, box, shape, store,
                                           work.marker("probabilities", i)))  # fmt: skip
         runner.run(tasks, f"segment: probabilities ({len(grid) - len(tasks)} done before)")
-        return volume.with_data(da.from_zarr(str(store / "p")))
+        return volume.with_data(da.from_zarr(str(store / "p")), stage="probabilities")
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         local = work.root / "local.zarr"
@@ -1208,7 +1218,7 @@ class SegmentBlocks(BlockStage):
         faces = work.root / "faces"
         faces.mkdir(exist_ok=True)
         if self.method == "learned":
-            volume = self.probabilities(volume, work, grid, runner)
+            volume = self.predict(volume, work, grid, runner)
         tasks = [
             _LabelTask(self, region, region_box, box, volume.shape, local, faces / f"{i}.npz",
                        work.marker("blocks", i))
@@ -1217,7 +1227,12 @@ class SegmentBlocks(BlockStage):
         runner.run(tasks, f"segment: blocks ({len(grid) - len(tasks)} done before)")
         face_files = [faces / f"{i}.npz" for i in range(len(grid))]
         tables, objects = merge_tables(grid, face_files, runner)
+        if objects == 0:
+            shutil.rmtree(work.root, ignore_errors=True)
+            raise VemvizError(f"segmentation found no {self.target} objects; nothing written")
         object.__setattr__(self, "objects", objects)
+        if self.probabilities is not None:
+            write_volume(volume, self.probabilities)
         done = work.done("relabel", len(grid))
         relabel = [
             _RelabelTask(
@@ -1231,9 +1246,8 @@ class SegmentBlocks(BlockStage):
 
 
 @functools.lru_cache(maxsize=2)
-def _network(target: str) -> Any:
-    """The shipped model for ``target``, loaded once per process."""
-    from vemviz.device import resolve_device
-    from vemviz.unet import load_model, shipped_model
+def _network(target: str, model: str | None) -> Any:
+    """The segmentation network (`unet.segmentation_model`), loaded once per process."""
+    from vemviz.unet import segmentation_model
 
-    return load_model(shipped_model(target), resolve_device("auto"))
+    return segmentation_model(target, None if model is None else Path(model))

@@ -246,7 +246,7 @@ def block_stage(name: str, volume: Volume, options: dict[str, Any]):
     """Stage ``name`` (`align`, `apply_alignment`, `iso`, `sr`, `inpaint`, `segment`, with its
     keyword ``options``) as a block stage (`vemviz.blockwise`), or None where those options have no
     block path: inpaint with a mask given as an array (`inpaint_blocks`), and segmentation
-    with prompts, a model file or a probability output."""
+    with prompts or a probability output other than OME-Zarr."""
     from vemviz import blockwise
 
     if name == "iso":
@@ -256,10 +256,17 @@ def block_stage(name: str, volume: Volume, options: dict[str, Any]):
     if name == "inpaint":
         return inpaint_blocks(**options)
     if name == "segment":
-        if any(options.get(k) is not None for k in ("prompts", "model", "probabilities")):
-            return None
-        return blockwise.SegmentBlocks(options.get("target", "mito"), volume.voxel_size_nm,
-                                       method=options.get("method", "learned"))  # fmt: skip
+        probabilities = options.get("probabilities")
+        if options.get("prompts") is not None or (
+            probabilities is not None and Path(probabilities).suffix.lower() != ".zarr"
+        ):
+            return None  # a probability TIFF is written from memory
+        model = options.get("model")
+        return blockwise.SegmentBlocks(
+            options.get("target", "mito"), volume.voxel_size_nm,
+            method=options.get("method", "learned"), model=model and str(model),
+            probabilities=probabilities and str(probabilities),
+        )  # fmt: skip
     if name == "align":
         return blockwise.AlignBlocks(mode=options.get("mode", "rigid"),
                                      skip=tuple(options.get("skip", ())),
@@ -467,12 +474,9 @@ def _segment_labels(
         labels, report = segment_mod.segment(volume.numpy(), voxel, target)
         probability = None
     elif method == "learned":
-        from vemviz.device import resolve_device
-        from vemviz.unet import load_model, shipped_model
+        from vemviz.unet import segmentation_model
 
-        network = load_model(model or shipped_model(target), resolve_device("auto"))
-        if network.config.target != target:
-            raise VemvizError(f"{model} is a {network.config.target} model, not a {target} one")
+        network = segmentation_model(target, model)
         labels, report, probability = segment_mod.segment_learned(volume.numpy(), voxel, network)
     else:
         raise VemvizError(f"unknown segmentation method {method!r}; choose learned or classical")
@@ -486,10 +490,9 @@ def _segmenter(target: str | None, voxel_size_nm: tuple[float, float, float]):
         return None
     if target not in segment_mod.TARGETS:
         raise VemvizError(f"unknown segmentation target {target!r}; choose mito or cells")
-    from vemviz.device import resolve_device
-    from vemviz.unet import load_model, shipped_model
+    from vemviz.unet import segmentation_model
 
-    network = load_model(shipped_model(target), resolve_device("auto"))
+    network = segmentation_model(target)
 
     def probability(data: np.ndarray) -> np.ndarray:
         return segment_mod.predict_probabilities(data, voxel_size_nm, network)

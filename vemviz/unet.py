@@ -117,6 +117,17 @@ def shipped_model(target: str) -> Path:
     return path
 
 
+def segmentation_model(target: str, path: Path | None = None) -> UNet:
+    """The network that segments ``target``: the model file at ``path`` (a `vemviz train-seg`
+    result, which must be one for ``target``) or the shipped weights, on the best device."""
+    from vemviz.device import resolve_device
+
+    model = load_model(path or shipped_model(target), resolve_device("auto"))
+    if model.config.target != target:
+        raise VemvizError(f"{path} is a {model.config.target} model, not a {target} one")
+    return model
+
+
 def resample_planes(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resampling of (N, C, H, W) planes to ``size`` (antialiased when shrinking)."""
     if tuple(planes.shape[-2:]) == tuple(size):
