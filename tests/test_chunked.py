@@ -355,6 +355,50 @@ def test_segment_model_and_probabilities_by_blocks_equal_in_memory(phantom, tmp_
         assert not Work.beside(out).root.exists()
 
 
+def test_segment_prompts_by_blocks_choose_the_in_memory_objects(phantom, tmp_path, capsys):
+    """Points and a box choose the same objects by blocks as in memory (read from the blocks'
+    planes); a point outside the volume fails before any block, prompts on background after
+    the blocks, and neither leaves an output or a work folder."""
+    source = phantom.raw.with_data(phantom.raw.numpy().astype(np.float64))  # 3 MB
+    path = str(vemviz.write_volume(source, tmp_path / "raw.ome.zarr"))
+    labels = stages.segment(phantom.raw, target="mito")[0].numpy()
+    a, b, c = np.argsort(-np.bincount(labels.ravel())[1:])[:3] + 1
+
+    def point(i: int, positive: bool = True) -> dict:
+        voxels = np.argwhere(labels == i)
+        return {**dict(zip("zyx", map(int, voxels[len(voxels) // 2]), strict=True)),
+                "positive": positive}  # fmt: skip
+
+    z = int(np.median(np.argwhere(labels == b)[:, 0]))
+    ys, xs = np.nonzero(labels[z] == b)
+    box = {"z": z, "y0": int(ys.min()), "y1": int(ys.max()) + 1,
+           "x0": int(xs.min()), "x1": int(xs.max()) + 1}  # fmt: skip
+    background = dict(zip("zyx", map(int, np.argwhere(labels == 0)[0]), strict=True))
+    results = {}
+    for name, prompts, budget in (
+        ("memory", {"points": [point(a), point(c), point(c, False)], "boxes": [box]}, "64MiB"),
+        ("blocks", {"points": [point(a), point(c), point(c, False)], "boxes": [box]}, "2MiB"),
+        ("outside", {"points": [{"z": 24, "y": 0, "x": 0}]}, "2MiB"),
+        ("background", {"points": [background]}, "2MiB"),
+    ):
+        (tmp_path / f"{name}.json").write_text(json.dumps(prompts))
+        out = tmp_path / f"{name}.ome.zarr"
+        argv = ["segment", path, "--target", "mito", "--prompts", str(tmp_path / f"{name}.json"),
+                "--out", str(out), "--memory-budget", budget]  # fmt: skip
+        results[name] = (main(argv), " ".join(capsys.readouterr().err.split()), out)
+    (rc, _, memory), (rc_blocks, said, blocks) = results["memory"], results["blocks"]
+    assert rc == rc_blocks == 0 and re.search(r"in \d+ blocks", said)
+    want, got = vemviz.read_volume(memory).numpy(), vemviz.read_volume(blocks).numpy()
+    assert (want > 0)[labels == a].all() and (want > 0)[labels == b].all()
+    assert not (want > 0)[labels == c].any()
+    assert got.max() == want.max() >= 2 and _same_partition(got, want)
+    for name, message in (("outside", "lies outside the volume"),
+                          ("background", "the prompts select no object")):  # fmt: skip
+        rc, said, out = results[name]
+        assert rc == 2 and message in said
+        assert not out.exists() and not Work.beside(out).root.exists()
+
+
 def _silent_model(tmp_path: Path) -> Path:
     """The shipped mito model with an output layer that says "background" everywhere."""
     network = load_model(shipped_model("mito"))

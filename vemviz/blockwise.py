@@ -58,6 +58,8 @@ halo is what makes block results equal to whole-volume results:
   first pass (slabs of whole planes when only XY planes are predicted, so every tile is
   predicted once) into the work folder, and the labels of each block are then made from the
   stored probabilities with the halo. Either way the labels equal the in-memory ones.
+  Prompts choose objects on the planes they name, assembled from the blocks' ids and their
+  tables before the numbering pass, which then writes only the chosen objects.
 """
 
 from __future__ import annotations
@@ -1124,10 +1126,12 @@ class SegmentBlocks(BlockStage):
     imaged: np.ndarray | None = field(default=None, compare=False)  # learned: per slice
     model: str | None = None  # learned: a model file (`vemviz train-seg`), else the shipped one
     probabilities: str | None = None  # learned: OME-Zarr path for the probability volume
+    prompts: dict[str, Any] | None = None  # points / boxes choosing objects (`read_prompts`)
     name = "segment"
     is_label = True
     bytes_per_voxel = 160.0
     objects: int = field(default=0, compare=False)
+    selected: int = field(default=0, compare=False)  # of them, chosen by the prompts
 
     def __post_init__(self) -> None:
         if self.voxel is None:
@@ -1145,10 +1149,15 @@ class SegmentBlocks(BlockStage):
 
     def describe(self) -> dict[str, Any]:
         return {"stage": self.name, "target": self.target, "voxel": list(self.voxel),
-                "halo_nm": self.halo_nm, "method": self.method, "model": self.model}  # fmt: skip
+                "halo_nm": self.halo_nm, "method": self.method, "model": self.model,
+                "prompts": self.prompts}  # fmt: skip
 
     def report(self) -> dict[str, Any]:
-        extra = {} if self.probabilities is None else {"probabilities": self.probabilities}
+        extra: dict[str, Any] = {}
+        if self.prompts is not None:
+            extra["objects_selected"] = self.selected
+        if self.probabilities is not None:
+            extra["probabilities"] = self.probabilities
         return {"target": self.target, "objects": self.objects, "halo_nm": self.halo_nm,
                 "threshold": self.threshold, **extra}  # fmt: skip
 
@@ -1159,6 +1168,8 @@ class SegmentBlocks(BlockStage):
         return _grow(box, self.halo(), in_shape)
 
     def prepare(self, volume: Volume, runner: Runner) -> SegmentBlocks:
+        if self.prompts is not None:
+            segment_mod.check_prompts(self.prompts, volume.shape)
         if self.method == "learned":
             if self.value_range is not None:
                 return self
@@ -1227,10 +1238,13 @@ class SegmentBlocks(BlockStage):
         runner.run(tasks, f"segment: blocks ({len(grid) - len(tasks)} done before)")
         face_files = [faces / f"{i}.npz" for i in range(len(grid))]
         tables, objects = merge_tables(grid, face_files, runner)
-        if objects == 0:
-            shutil.rmtree(work.root, ignore_errors=True)
-            raise VemvizError(f"segmentation found no {self.target} objects; nothing written")
+        try:
+            tables, selected = self.final_ids(tables, objects, local, grid)
+        except VemvizError:
+            shutil.rmtree(work.root, ignore_errors=True)  # an empty result: nothing to resume
+            raise
         object.__setattr__(self, "objects", objects)
+        object.__setattr__(self, "selected", selected)
         if self.probabilities is not None:
             write_volume(volume, self.probabilities)
         done = work.done("relabel", len(grid))
@@ -1243,6 +1257,33 @@ class SegmentBlocks(BlockStage):
         ]
         runner.run(relabel, "segment: relabelling blocks")
         return len(tasks)
+
+    def final_ids(
+        self, tables: list[np.ndarray], objects: int, local: Path, grid: Grid
+    ) -> tuple[list[np.ndarray], int]:
+        """The blocks' tables to final ids, and how many there are: every object, or those
+        the prompts choose (`segment.prompted_objects`, read from the blocks' planes) numbered
+        1..K. No object is an error."""
+        if objects == 0:
+            raise VemvizError(f"segmentation found no {self.target} objects; nothing written")
+        if self.prompts is None:
+            return tables, objects
+        plane = functools.partial(_plane_labels, local, grid, tables)
+        keep = segment_mod.prompted_objects(plane, grid.shape, self.prompts)
+        select = np.zeros(objects + 1, np.uint32)
+        select[keep] = np.arange(1, len(keep) + 1, dtype=np.uint32)
+        return [select[table] for table in tables], len(keep)
+
+
+def _plane_labels(local: Path, grid: Grid, tables: list[np.ndarray], z: int) -> np.ndarray:
+    """Slice ``z`` of the labels numbered across blocks, from the blocks' own ids."""
+    ids = zarr.open_array(str(local / "local"), mode="r")
+    plane = np.zeros(grid.shape[1:], np.uint32)
+    for i in range(len(grid)):
+        zs, ys, xs = grid.box(i)
+        if zs.start <= z < zs.stop:
+            plane[ys, xs] = tables[i][ids[z, ys, xs]]
+    return plane
 
 
 @functools.lru_cache(maxsize=2)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -268,29 +269,51 @@ def read_prompts(path: Path) -> dict[str, Any]:
     return prompts
 
 
-def select_by_prompts(labels: np.ndarray, prompts: dict[str, Any]) -> np.ndarray:
-    """Keep the instances chosen by positive points and boxes, minus those under negative points."""
+def check_prompts(prompts: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Raise if a prompt point or box slice lies outside a volume of ``shape``."""
+    for point in prompts.get("points", []):
+        z, y, x = (int(point[k]) for k in "zyx")
+        if not (0 <= z < shape[0] and 0 <= y < shape[1] and 0 <= x < shape[2]):
+            raise VemvizError(f"prompt point {(z, y, x)} lies outside the volume {tuple(shape)}")
+    for box in prompts.get("boxes", []):
+        if not 0 <= int(box["z"]) < shape[0]:
+            raise VemvizError(f"prompt box on slice {box['z']} lies outside the volume "
+                              f"({shape[0]} slices)")  # fmt: skip
+
+
+def prompted_objects(
+    plane: Callable[[int], np.ndarray], shape: tuple[int, ...], prompts: dict[str, Any]
+) -> list[int]:
+    """Ids of the instances chosen by positive points and boxes, minus those under negative
+    points, from the label planes ``plane(z)`` of a volume of ``shape``.
+
+    A box chooses the objects with at least half of their area on its slice inside it.
+    """
+    check_prompts(prompts, shape)
     keep: set[int] = set()
     drop: set[int] = set()
     for point in prompts.get("points", []):
         z, y, x = (int(point[k]) for k in "zyx")
-        if not (0 <= z < labels.shape[0] and 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]):
-            raise VemvizError(f"prompt point {(z, y, x)} lies outside the volume {labels.shape}")
-        (keep if point.get("positive", True) else drop).add(int(labels[z, y, x]))
+        (keep if point.get("positive", True) else drop).add(int(plane(z)[y, x]))
     for box in prompts.get("boxes", []):
-        window = labels[
-            int(box["z"]), int(box["y0"]) : int(box["y1"]), int(box["x0"]) : int(box["x1"])
-        ]
+        labels = plane(int(box["z"]))
+        window = labels[int(box["y0"]) : int(box["y1"]), int(box["x0"]) : int(box["x1"])]
         ids, counts = np.unique(window[window > 0], return_counts=True)
         keep.update(
             int(i)
             for i, c in zip(ids, counts, strict=True)
-            if c >= 0.5 * np.count_nonzero(labels[int(box["z"])] == i)
+            if c >= 0.5 * np.count_nonzero(labels == i)
         )
     keep -= drop | {0}
     if not keep:
         raise VemvizError("the prompts select no object: no positive point or box lies on one")
-    selected = np.where(np.isin(labels, sorted(keep)), labels, 0)
+    return sorted(keep)
+
+
+def select_by_prompts(labels: np.ndarray, prompts: dict[str, Any]) -> np.ndarray:
+    """Keep the instances chosen by the prompts (`prompted_objects`), numbered 1..K."""
+    selected = np.where(np.isin(labels, prompted_objects(labels.__getitem__, labels.shape,
+                                                         prompts)), labels, 0)  # fmt: skip
     return _drop_small(selected, 1)
 
 

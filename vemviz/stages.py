@@ -246,7 +246,7 @@ def block_stage(name: str, volume: Volume, options: dict[str, Any]):
     """Stage ``name`` (`align`, `apply_alignment`, `iso`, `sr`, `inpaint`, `segment`, with its
     keyword ``options``) as a block stage (`vemviz.blockwise`), or None where those options have no
     block path: inpaint with a mask given as an array (`inpaint_blocks`), and segmentation
-    with prompts or a probability output other than OME-Zarr."""
+    with a probability output other than OME-Zarr."""
     from vemviz import blockwise
 
     if name == "iso":
@@ -257,15 +257,13 @@ def block_stage(name: str, volume: Volume, options: dict[str, Any]):
         return inpaint_blocks(**options)
     if name == "segment":
         probabilities = options.get("probabilities")
-        if options.get("prompts") is not None or (
-            probabilities is not None and Path(probabilities).suffix.lower() != ".zarr"
-        ):
+        if probabilities is not None and Path(probabilities).suffix.lower() != ".zarr":
             return None  # a probability TIFF is written from memory
         model = options.get("model")
         return blockwise.SegmentBlocks(
             options.get("target", "mito"), volume.voxel_size_nm,
             method=options.get("method", "learned"), model=model and str(model),
-            probabilities=probabilities and str(probabilities),
+            probabilities=probabilities and str(probabilities), prompts=options.get("prompts"),
         )  # fmt: skip
     if name == "align":
         return blockwise.AlignBlocks(mode=options.get("mode", "rigid"),
