@@ -49,8 +49,12 @@ Method
    low-resolution scan. The learned SR network (`vemviz.inr`) is trained on them and the whole
    scan is super-resolved again before the tiles are merged, so re-imaging improves every tile,
    not only the re-imaged ones. (The self-supervised SR of `vemviz sr` has to guess the
-   degradation one octave down; these pairs show it.) With fewer than `MIN_REFIT_TILES` tiles
-   the plan's SR is kept, and the report says so.
+   degradation one octave down; these pairs show it.) The tiles are normalised with the scan's
+   intensity mean and standard deviation, as the scan is when the network is applied to it
+   (their own statistics differ: the scan is smoother, and the planned tiles are not a random
+   sample), and the training patches span the whole tile (wider patches have less of their
+   area at the network's zero-padded border, which the scan's large slices hardly have). With
+   fewer than `MIN_REFIT_TILES` tiles the plan's SR is kept, and the report says so.
 
 The simulation (`vemviz.stages.simulate_reimage`) runs the loop on a high-resolution volume: it
 makes the low-resolution scan by area downsampling, takes the "re-imaged" tiles from the truth
@@ -78,10 +82,10 @@ UNCERTAINTY_FLOOR = 1e-3  # keeps tiles the segmentation is sure of ranked by th
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "reimage_error.json"
 PLAN_VERSION = 1
 MIN_REFIT_TILES = 8
-# Refit training steps: on the held-out benchmark volumes 600 steps gave +0.4-0.6 dB more than
-# 3000 (scripts/benchmark.py reimage --train-steps 600 vs 3000): longer training on a few hundred
-# small tiles fits them too closely.
-REFIT_STEPS = 600
+# Refit training steps: on the held-out benchmark volumes 600 steps (tile-sized patches: 1200)
+# gave +0.4-0.6 dB more than 3000 (scripts/benchmark.py reimage --train-steps 600 vs 3000):
+# longer training on a few hundred small tiles fits them too closely.
+REFIT_STEPS = 1200
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in full-resolution pixels
 
@@ -400,9 +404,9 @@ def refit_sr(
 ) -> np.ndarray:
     """Super-resolve ``low`` with the learned SR network trained on the re-imaged ``tiles``.
 
-    Tiles are cropped to a common square (a multiple of ``scale``) so they stack; ``training``
-    is a `vemviz.inr.Training` (default settings when None), whose steps are capped at
-    `REFIT_STEPS`.
+    Tiles are cropped to a common square (a multiple of ``scale``) so they stack, normalised
+    with ``low``'s statistics and trained on patches as large as they allow; ``training`` is a
+    `vemviz.inr.Training` (default settings when None), whose steps are capped at `REFIT_STEPS`.
     """
     from vemviz import inr
 
@@ -413,8 +417,9 @@ def refit_sr(
     size -= size % scale
     stack = np.stack([t[:size, :size] for t in tiles])
     training = training or inr.Training()
-    training = replace(training, steps=min(training.steps or REFIT_STEPS, REFIT_STEPS))
-    model = inr.train_sr(stack, scale, training)
+    steps = min(training.steps or REFIT_STEPS, REFIT_STEPS)
+    model = inr.train_sr(stack, scale, replace(training, steps=steps, patch=size),
+                         norm=(float(low.mean()), float(low.std())))  # fmt: skip
     return sr_mod.super_resolve(low, scale, "learned", model=model)[0]
 
 
