@@ -16,7 +16,14 @@ from vemviz.errors import VemvizError
 from vemviz.inr import Architecture, Training
 from vemviz.metrics import psnr
 from vemviz.phantom import make_phantom
-from vemviz.restore import check_mask, detect_damage, fill_damage, fill_slices, parse_slice_list
+from vemviz.restore import (
+    check_mask,
+    detect_damage,
+    fill_damage,
+    fill_slices,
+    parse_slice_list,
+    scan_damage,
+)
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 FLYEM = DATA / "flyem_medulla_10nm" / "raw.tif"
@@ -221,6 +228,33 @@ def test_simulated_local_damage_is_found_on_flyem() -> None:
     for z, _ in requests:
         assert (mask[z] & truth[z]).sum() > 0.9 * truth[z].sum()  # pixel recall
         assert (mask[z] & truth[z]).sum() > 0.2 * mask[z].sum()  # pixel precision
+
+
+@pytest.mark.realdata
+def test_detection_in_parallel_slab_tasks_is_the_same() -> None:
+    """Every sweep of `scan_damage` as tasks of one z slab (6-slice chunks of a lazily read
+    stack) on two threads: the in-process report and masks exactly."""
+    import dask.array as da
+
+    from vemviz.chunked import Runner
+    from vemviz.slices import SliceSource
+
+    stack = _read(FLYEM)[100:136, :160, :160]
+    requests = [(6, "missing"), (13, "band"), (20, "crack"), (27, "blotch")]
+    damaged, _ = simulate_damage(stack, requests, seed=2)
+    want, want_mask = detect_damage(damaged)
+    calls: list[int] = []
+    with Runner(workers=2) as runner:
+
+        def run(tasks, description):
+            calls.append(len(tasks))
+            return runner.run(tasks, description)
+
+        lazy = SliceSource(da.from_array(damaged, chunks=(6, 160, 160)))
+        got, masks = scan_damage(lazy, run)
+    assert len(calls) == 4 and min(calls) >= 5  # every sweep went in slab tasks
+    assert got == want and np.array_equal(masks.dense(), want_mask)
+    assert got["flagged"] == [z for z, _ in requests]
 
 
 @pytest.mark.realdata

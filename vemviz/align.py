@@ -85,7 +85,7 @@ import scipy.sparse.linalg
 from vemviz.errors import VemvizError
 from vemviz.flow import dense_flow, to_dtype, to_uint8_pair
 from vemviz.progress import track
-from vemviz.slices import SliceSource
+from vemviz.slices import Run, SliceSource, sweep
 
 MODES = ("rigid", "affine", "elastic")
 ORDERS = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}
@@ -141,8 +141,7 @@ def ncc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(x * y) / denom) if denom > 0 else 0.0
 
 
-def _bad_sections(source: SliceSource, skip: Sequence[int]) -> list[int]:
-    stds = [float(source.image(z).std()) for z in range(len(source))]
+def _bad_sections(stds: list[float], skip: Sequence[int]) -> list[int]:
     listed = set(skip)
     kept = [s for z, s in enumerate(stds) if z not in listed]
     limit = _BLANK_STD_FRACTION * float(np.median(kept)) if kept else 0.0
@@ -370,22 +369,36 @@ def _mesh_shape(shape: tuple[int, int], spacing: int) -> tuple[int, int]:
     return max(2, round(shape[0] / spacing)), max(2, round(shape[1] / spacing))
 
 
-def _elastic_meshes(
+def _coarse_flows(
+    references: dict[int, list[int]],
+    mesh: tuple[int, int],
     aligned: Callable[[int], np.ndarray],
+    z: int,
+) -> dict[int, np.ndarray]:
+    """Per reference k of section z, the flow from aligned section z to k, area-averaged onto
+    the ``mesh`` (rows, cols) and flattened (``aligned(z)``: section z rigidly aligned)."""
+    out = {}
+    for k in references[z]:
+        flow = dense_flow(*to_uint8_pair(aligned(z), aligned(k)))
+        out[k] = cv2.resize(flow, mesh[::-1], interpolation=cv2.INTER_AREA).ravel()
+    return out
+
+
+def _elastic_meshes(
+    flows: dict[int, dict[int, np.ndarray]],
     good: list[int],
     pairs: list[tuple[int, int]],
-    spacing: int,
+    mesh: tuple[int, int],
     stiffness: float,
 ) -> dict[int, np.ndarray]:
     """Per good section, a (gh, gw, 2) mesh of (dx, dy) solved jointly over all pairs
-    (``aligned(z)``: section z rigidly aligned)."""
-    gh, gw = _mesh_shape(aligned(good[0]).shape, spacing)
+    (``flows[z][k]``: `_coarse_flows` of the pair)."""
+    gh, gw = mesh
     index = {z: i for i, z in enumerate(good)}
     system = scipy.sparse.lil_matrix(stiffness * scipy.sparse.eye(len(good)))
     rhs = np.zeros((len(good), gh * gw * 2))
-    for z, k in track(pairs, "Elastic flow"):
-        flow = dense_flow(*to_uint8_pair(aligned(z), aligned(k)))
-        coarse = cv2.resize(flow, (gw, gh), interpolation=cv2.INTER_AREA).ravel()
+    for z, k in pairs:
+        coarse = flows[z][k]
         i, j = index[z], index[k]
         # normal equations of D_k - D_z = flow
         system[i, i] += 1
@@ -516,25 +529,25 @@ def check_transforms_shape(transforms: dict[str, Any], shape: tuple[int, ...]) -
         )
 
 
-def _consecutive_ncc(
-    section: Callable[[int], np.ndarray],
-    shape: tuple[int, int, int],
-    transforms: dict[str, Any] | None,
-    bad: list[int],
-) -> list[float | None]:
-    """NCC of section z with z-1 over pixels valid in both; None next to a bad section
-    (``section(z)``: section z of a stack of ``shape``, aligned by ``transforms`` if given)."""
-    values: list[float | None] = [None]
-    previous = section_mask(transforms, 0, shape[1:])
-    for z in range(1, shape[0]):
-        valid = section_mask(transforms, z, shape[1:])
-        mask = valid & previous
-        previous = valid
-        if z in bad or z - 1 in bad or mask.sum() < 16:
-            values.append(None)
-        else:
-            values.append(ncc(section(z)[mask], section(z - 1)[mask]))
-    return values
+def _ncc_with_previous(
+    transforms: dict[str, Any] | None, section: Callable[[int], np.ndarray], z: int
+) -> float | None:
+    """NCC of section z with z-1 over the pixels valid in both (None under 16 of them);
+    ``section(z)``: section z, aligned by ``transforms`` if given."""
+    image = section(z)
+    mask = section_mask(transforms, z, image.shape) & section_mask(transforms, z - 1, image.shape)
+    return ncc(image[mask], section(z - 1)[mask]) if mask.sum() >= 16 else None
+
+
+def _section_figures(section: Callable[[int], np.ndarray], z: int) -> tuple[float, float | None]:
+    """Section z's standard deviation, and its NCC with section z-1 (None for the first)."""
+    return float(section(z).std()), _ncc_with_previous(None, section, z) if z else None
+
+
+def _consecutive_ncc(nccs: dict[int, float | None], n: int, bad: list[int]) -> list[float | None]:
+    """Per section z of ``n``, ``nccs[z]`` (with z-1); None for the first and next to a bad
+    section."""
+    return [None if z == 0 or z in bad or z - 1 in bad else nccs[z] for z in range(n)]
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -563,10 +576,14 @@ def register_sections(
     stiffness: float = 0.05,
     smooth: float = 0.0,
     deformation_sigma: float = 3.0,
+    run: Run | None = None,
 ) -> dict[str, Any]:
     """Register the sections of ``source``, read a few at a time (a stack on disk need not fit
     in memory): each section with its previous good neighbours, and for ``elastic`` and the
     NCCs after alignment, warped one at a time. Returns the report.
+
+    Each pass over the sections is a `vemviz.slices.sweep`: in this process, or with ``run``
+    (`vemviz.chunked.Runner.run`) as parallel tasks of one z slab each; the report is the same.
 
     ``mode``: ``rigid`` (rotation + translation), ``affine``, or ``elastic`` (rigid plus a
     smooth per-section displacement mesh; ``mesh_spacing`` px, ``stiffness`` towards the rigid
@@ -591,15 +608,19 @@ def register_sections(
         raise VemvizError(f"skip lists sections outside 0..{n - 1}: {sorted(skip)}")
     if neighbours < 1:
         raise VemvizError("each section needs at least one neighbour to align to")
-    bad = _bad_sections(source, skip)
+    figures = sweep(source, _section_figures, range(n), "Reading sections", run)
+    bad = _bad_sections([figures[z][0] for z in range(n)], skip)
     good = [z for z in range(n) if z not in bad]
     if len(good) < 2:
         raise VemvizError("fewer than two usable (non-blank, non-skipped) sections to align")
     norm = _normaliser(shape[1:])
     pairs = _reference_pairs(good, neighbours)
+    references = _references(pairs)
+    registered = sweep(source, functools.partial(_register_section, references, mode == "affine"),
+                       sorted(references), "Registering sections", run)  # fmt: skip
     warps, affine_warps, nccs = {}, {}, {}
-    for z, k in track(pairs, "Registering sections"):
-        warp, refined, nccs[(z, k)] = _register(source.image(z), source.image(k), mode == "affine")
+    for z, k in pairs:
+        warp, refined, nccs[(z, k)] = registered[z][k]
         warps[(z, k)] = (norm @ _as3(warp) @ np.linalg.inv(norm))[:2]
         if refined is not None:
             affine_warps[(z, k)] = (norm @ _as3(refined) @ np.linalg.inv(norm))[:2]
@@ -625,15 +646,23 @@ def register_sections(
         "displacements": None,
     }
     if mode == "elastic":
-        rigid_aligned = _aligned_sections(source, transforms, neighbours + 1)
-        meshes = _elastic_meshes(rigid_aligned, good, pairs, mesh_spacing, stiffness)
+        mesh = _mesh_shape(shape[1:], mesh_spacing)
+        flows = sweep(source, functools.partial(_coarse_flows, references, mesh),
+                      sorted(references), "Elastic flow", run,
+                      _aligned_reader(transforms, neighbours + 1))  # fmt: skip
+        meshes = _elastic_meshes(flows, good, pairs, mesh, stiffness)
         if deformation_sigma > 0:
             meshes = _high_pass(meshes, deformation_sigma)
         transforms["displacements"] = [
             meshes[z].tolist() if z in meshes else None for z in range(n)
         ]
-    before = _consecutive_ncc(source.image, shape, None, bad)
-    after = _consecutive_ncc(_aligned_sections(source, transforms, 2), shape, transforms, bad)
+    before = _consecutive_ncc({z: figures[z][1] for z in range(n)}, n, bad)
+    scored = [z for z in range(1, n) if z not in bad and z - 1 not in bad]
+    after = _consecutive_ncc(
+        sweep(source, functools.partial(_ncc_with_previous, transforms), scored,
+              "Scoring the alignment", run, _aligned_reader(transforms, 2)),
+        n, bad,
+    )  # fmt: skip
     return {
         "mode": mode,
         "neighbours": neighbours,
@@ -656,13 +685,34 @@ def register_sections(
     }
 
 
+def _aligned_reader(
+    transforms: dict[str, Any], kept: int
+) -> Callable[[SliceSource], Callable[[int], np.ndarray]]:
+    """A `vemviz.slices.sweep` reader: source -> (z -> section z warped by ``transforms``,
+    linear), the last ``kept`` of them cached."""
+    return functools.partial(_aligned_sections, transforms=transforms, kept=kept)
+
+
 def _aligned_sections(
     source: SliceSource, transforms: dict[str, Any], kept: int
 ) -> Callable[[int], np.ndarray]:
-    """z -> section z warped by ``transforms`` (linear), the last ``kept`` of them cached."""
-
     @functools.lru_cache(maxsize=kept)
     def aligned(z: int) -> np.ndarray:
         return transform_section(source.image(z), transforms, z, order=1)
 
     return aligned
+
+
+def _references(pairs: list[tuple[int, int]]) -> dict[int, list[int]]:
+    """Section -> the sections it is registered to."""
+    references: dict[int, list[int]] = {}
+    for z, k in pairs:
+        references.setdefault(z, []).append(k)
+    return references
+
+
+def _register_section(
+    references: dict[int, list[int]], affine: bool, section: Callable[[int], np.ndarray], z: int
+) -> dict[int, tuple[np.ndarray, np.ndarray | None, float]]:
+    """`_register` of section z to each of its references."""
+    return {k: _register(section(z), section(k), affine) for k in references[z]}

@@ -8,8 +8,9 @@ halo is what makes block results equal to whole-volume results:
   images); the input slab is widened to the two nearest good slices below and above every
   damaged slice of the block, which is all a filled slice depends on (the outer ones bend the
   flow's paths). A damage mask (detected, given, or kept off an alignment's padding) is built
-  first, in a pass that reads the slices one at a time (`restore.scan_damage`) and writes the
-  mask slab by slab into the work folder; the blocks read their part of it. The diffusion
+  first, in a pass that reads the slices one at a time (`restore.scan_damage`, whose sweeps
+  over the slices run as tasks of one z slab on the runner's workers) and writes the mask
+  slab by slab into the work folder; the blocks read their part of it. The diffusion
   model's intensity range (of the undamaged voxels) is streamed from it once, so every block
   normalises as the whole volume does in memory. What learns from the volume does so once,
   before the blocks, on the undamaged slices of the central slab (`training_box`), as learned
@@ -40,8 +41,8 @@ halo is what makes block results equal to whole-volume results:
   so blocks equal the in-memory result of the same model with the same normalisation.
 - align (`align.apply_transforms`): z slabs of whole sections with their slice of the
   transforms (a warp can move any pixel anywhere in its section). ``align`` itself first
-  registers the sections, streamed a few at a time (`align.register_sections`), in one pass
-  before the blocks.
+  registers the sections (`align.register_sections`) before the blocks, each of its passes
+  over the sections as tasks of one z slab on the runner's workers.
 - segment (`segment.segment`): instance labels need one numbering across blocks. Each block is
   segmented with a halo of ``halo_nm`` (physical units, so context is the same for any voxel
   size) and its core written with block-local ids; the two voxel layers on each side of every
@@ -212,10 +213,10 @@ class InpaintBlocks(BlockStage):
     def damage_pass(self, volume: Volume, work: Work, runner: Runner) -> InpaintBlocks:
         """The stage with its damage mask written to the work folder (uint8 OME-Zarr, 1 =
         damaged) slab by slab: the given slices and mask, and the damage detected on the
-        slices streamed one at a time (`vemviz.restore.scan_damage`), all off the alignment's
-        padding; plus, for diffusion fills, the intensity range of the undamaged voxels and
-        the fine-tuned model, and for inr fills their networks. A resumed run reads what the
-        first one recorded."""
+        slices streamed one at a time (`vemviz.restore.scan_damage`, in slab tasks on the
+        runner's workers), all off the alignment's padding; plus, for diffusion fills, the
+        intensity range of the undamaged voxels and the fine-tuned model, and for inr fills
+        their networks. A resumed run reads what the first one recorded."""
         from vemviz.io.atomic import write_json
 
         store, record = work.root / "damage.ome.zarr", work.root / "damage.json"
@@ -282,15 +283,12 @@ class InpaintBlocks(BlockStage):
         return filler.report()
 
     def _write_damage(self, volume: Volume, store: Path, runner: Runner) -> dict[str, Any]:
-        from vemviz.slices import SliceSource
-
         n_z, height, width = volume.shape
-        source = SliceSource.aligned(lazy(volume), self.transforms,
-                                     slab_bytes=runner.memory_budget // 8)  # fmt: skip
+        source = _slice_source(volume, runner, self.transforms)
         damage: dict[str, Any] = {}
         found = None
         if self.detect:
-            damage["detection"], found = restore_mod.scan_damage(source)
+            damage["detection"], found = restore_mod.scan_damage(source, runner.run)
         given = None if self.mask is None else lazy(self._mask_volume())
         depth = max(1, min(n_z, runner.memory_budget // (8 * height * width)))
         grid = Grid(volume.shape, (depth, height, width))
@@ -774,9 +772,10 @@ class AlignApplyBlocks(BlockStage):
 
 @dataclass(frozen=True)
 class AlignBlocks(AlignApplyBlocks):
-    """`align` by blocks: the sections are registered first, read a few at a time in this
-    process (`align.register_sections`), and the transforms kept in the work folder (a
-    resumed run reuses them); the blocks then apply them as `AlignApplyBlocks` (linear)."""
+    """`align` by blocks: the sections are registered first (`align.register_sections`, its
+    passes as tasks of one z slab each on the runner's workers), and the transforms kept in
+    the work folder (a resumed run reuses them); the blocks then apply them as
+    `AlignApplyBlocks` (linear)."""
 
     mode: str = "rigid"
     skip: tuple[int, ...] = ()
@@ -793,13 +792,14 @@ class AlignBlocks(AlignApplyBlocks):
 
     def execute(self, volume: Volume, work: Work, grid: Grid, runner: Runner) -> int:
         from vemviz.io.atomic import write_json
-        from vemviz.slices import SliceSource
 
         record = work.root / "alignment.json"
         if not record.is_file():
-            source = SliceSource(lazy(volume), slab_bytes=runner.memory_budget // 8)
-            write_json(record, align_mod.register_sections(source, self.mode, self.skip,
-                                                           smooth=self.smooth))  # fmt: skip
+            registration = align_mod.register_sections(
+                _slice_source(volume, runner), self.mode, self.skip, smooth=self.smooth,
+                run=runner.run,
+            )  # fmt: skip
+            write_json(record, registration)
         registration = json.loads(record.read_text())
         object.__setattr__(self, "registration", registration)
         stage = replace(self, transforms=registration["transforms"])
@@ -1284,6 +1284,16 @@ def _plane_labels(local: Path, grid: Grid, tables: list[np.ndarray], z: int) -> 
         if zs.start <= z < zs.stop:
             plane[ys, xs] = tables[i][ids[z, ys, xs]]
     return plane
+
+
+def _slice_source(volume: Volume, runner: Runner, transforms: dict[str, Any] | None = None):
+    """The volume's slices one at a time (`vemviz.slices.SliceSource`, aligned by
+    ``transforms`` if given), for passes run in slab tasks on the ``runner``'s workers: each
+    task keeps two slabs of at most 1/16 of the memory budget per worker."""
+    from vemviz.slices import SliceSource
+
+    slab_bytes = runner.memory_budget // (16 * runner.workers)
+    return SliceSource.aligned(lazy(volume), transforms, slab_bytes=slab_bytes)
 
 
 @functools.lru_cache(maxsize=2)

@@ -103,7 +103,7 @@ from vemviz.flow import (
     warp_pair,
 )
 from vemviz.progress import track
-from vemviz.slices import SliceMasks, SliceSource
+from vemviz.slices import Run, SliceMasks, SliceSource, crop, sweep
 
 FILL_METHODS = ("auto", "flow", "linear", "diffusion", "inr", "ensemble")
 INR_METHODS = ("inr", "ensemble")  # the fill methods that train the inr (need the voxel size)
@@ -210,37 +210,46 @@ def _normalised(image: np.ndarray) -> np.ndarray | None:
     return centred / norm if norm > 0 else None
 
 
+def _normed_thumbnails(
+    source: SliceSource, usable: np.ndarray
+) -> Callable[[int], np.ndarray | None]:
+    """A `vemviz.slices.sweep` reader: z -> the slice's normalised thumbnail (None where it is
+    not ``usable`` or constant), the last few cached."""
+
+    @functools.lru_cache(maxsize=4)
+    def normed(z: int) -> np.ndarray | None:
+        return _normalised(_thumbnail(source.image(z))) if usable[z] else None
+
+    return normed
+
+
 def _fit_to_neighbours(
-    normed: Callable[[int], np.ndarray | None], n_slices: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per slice, in one pass over the stack: the best NCC with a usable neighbour (NaN where
-    there is none), and whether its nearest usable neighbours match each other better than
-    it (``normed(z)``: the slice's normalised thumbnail, None where it is not usable).
+    n_slices: int, normed: Callable[[int], np.ndarray | None], z: int
+) -> tuple[float, bool] | None:
+    """Slice z's best NCC with a usable neighbour (NaN where there is none), and whether its
+    nearest usable slices on each side match each other better than it (``normed(z)``: the
+    slice's normalised thumbnail of a stack of ``n_slices``, None where it is not usable;
+    then the result is None).
 
     A damaged or foreign slice breaks the chain: skipping it raises the similarity of the
     sections around it. Real structure that changes quickly along z (a membrane parallel to
     the sections) lowers both, so it is not mistaken for damage.
     """
-    best = np.full(n_slices, np.nan)
-    odd = np.zeros(n_slices, dtype=bool)
-    good: list[int] = []
-    for z in range(n_slices):
-        image = normed(z)
-        if image is None:
-            continue
-        scores = [
-            float(np.sum(image * other))
-            for other in (normed(k) for k in (z - 1, z + 1) if 0 <= k < n_slices)
-            if other is not None
-        ]
-        if scores:
-            best[z] = max(scores)
-        good.append(z)
-        if len(good) >= 3:
-            below, middle, above = (normed(k) for k in good[-3:])
-            fit = max(float(np.sum(middle * below)), float(np.sum(middle * above)))
-            odd[good[-2]] = float(np.sum(below * above)) > fit
-    return best, odd
+    image = normed(z)
+    if image is None:
+        return None
+    scores = [
+        float(np.sum(image * other))
+        for other in (normed(k) for k in (z - 1, z + 1) if 0 <= k < n_slices)
+        if other is not None
+    ]
+    below = next((normed(k) for k in range(z - 1, -1, -1) if normed(k) is not None), None)
+    above = next((normed(k) for k in range(z + 1, n_slices) if normed(k) is not None), None)
+    odd = False
+    if below is not None and above is not None:
+        fit = max(float(np.sum(image * below)), float(np.sum(image * above)))
+        odd = float(np.sum(below * above)) > fit
+    return (max(scores) if scores else float("nan")), odd
 
 
 def _misfit_scores(best_ncc: np.ndarray) -> np.ndarray:
@@ -396,40 +405,56 @@ def _region_mask(score: np.ndarray, seed: float) -> np.ndarray:
     return mask
 
 
-def _region_scores(source: SliceSource, usable: np.ndarray) -> tuple[SliceMasks, np.ndarray, float]:
+def _region_scores(
+    source: SliceSource, usable: np.ndarray, run: Run | None = None
+) -> tuple[SliceMasks, np.ndarray, float]:
     """Per-slice region masks, peak scores and the seed threshold used (see module docstring).
 
-    Two passes over the stack, so that only one slice of residuals is held at a time: the
-    first measures the noise scale and the tail of the scores, the second builds the masks.
+    Two sweeps over the stack (`vemviz.slices.sweep`), so that only one slice of residuals is
+    held at a time per task: the first measures the noise scale and the tail of the scores,
+    the second builds the masks.
     """
-    residuals = _Residuals(source)
     n_slices = len(source)
-    mads, tails = [], []
-    for z in track(range(n_slices), "restore: measuring residuals"):
-        refs = _references(z, usable)
-        if len(refs) < 2:
-            continue
-        first, second = residuals.pair(z, refs)
-        mads.append([_mad(level) for level in first])
-        agreeing = _agreeing(first[:_SEED_LEVELS], second[:_SEED_LEVELS])
-        tails.append([float(np.percentile(a, 99.9)) for a in agreeing])
+    scored = [z for z in range(n_slices) if len(_references(z, usable)) >= 2]
+    figures = sweep(source, functools.partial(_residual_figures, usable), scored,
+                    "restore: measuring residuals", run, _Residuals)  # fmt: skip
     masks = SliceMasks(source.shape)
     peaks = np.zeros(n_slices)
-    if not mads or not tails:
+    if not figures:
         return masks, peaks, float("inf")
+    mads, tails = ([figures[z][i] for z in scored] for i in (0, 1))
     scale = np.maximum(np.median(mads, axis=0), 1e-6)[:, None, None]
     seed = max(
         THRESHOLDS["region"],
         _REGION_TAIL * float(np.max(np.median(tails, axis=0) / scale.ravel()[:_SEED_LEVELS])),
     )
-    for z in track(range(n_slices), "restore: finding damaged regions"):
-        refs = _references(z, usable)
-        if len(refs) < 2:
-            continue
-        score = _agreeing(*residuals.pair(z, refs)) / scale
-        peaks[z] = float(score[:_SEED_LEVELS].max())
-        masks.set(z, _region_mask(score, seed * _span_factor(z, refs)))
-    return _drop_echoes(masks, usable, residuals, scale, seed), peaks, seed
+    found = sweep(source, functools.partial(_slice_regions, usable, scale, seed), scored,
+                  "restore: finding damaged regions", run, _Residuals)  # fmt: skip
+    for z, (peak, cropped) in found.items():
+        peaks[z] = peak
+        masks.put(z, cropped)
+    return _drop_echoes(masks, usable, _Residuals(source), scale, seed), peaks, seed
+
+
+def _residual_figures(
+    usable: np.ndarray, residuals: _Residuals, z: int
+) -> tuple[list[float], list[float]]:
+    """Slice z's robust deviation per residual level, and the 99.9th percentile of its agreeing
+    residuals per seeding level (``residuals``: `_Residuals` of the stack)."""
+    first, second = residuals.pair(z, _references(z, usable))
+    agreeing = _agreeing(first[:_SEED_LEVELS], second[:_SEED_LEVELS])
+    return [_mad(level) for level in first], [float(np.percentile(a, 99.9)) for a in agreeing]
+
+
+def _slice_regions(
+    usable: np.ndarray, scale: np.ndarray, seed: float, residuals: _Residuals, z: int
+) -> tuple[float, tuple[int, int, np.ndarray] | None]:
+    """Slice z's peak score and its damaged regions (`vemviz.slices.crop`)."""
+    refs = _references(z, usable)
+    score = _agreeing(*residuals.pair(z, refs)) / scale
+    return float(score[:_SEED_LEVELS].max()), crop(
+        _region_mask(score, seed * _span_factor(z, refs))
+    )
 
 
 def _drop_echoes(
@@ -481,9 +506,11 @@ def detect_damage(
     return report, masks.dense()
 
 
-def scan_damage(source: SliceSource) -> tuple[dict[str, Any], SliceMasks]:
+def scan_damage(source: SliceSource, run: Run | None = None) -> tuple[dict[str, Any], SliceMasks]:
     """`detect_damage` of the slices of ``source``, read one at a time (a volume on disk need
     not fit in memory); the damage mask is returned per slice (`vemviz.slices.SliceMasks`).
+    Each pass over the slices is a `vemviz.slices.sweep`: in this process, or with ``run``
+    (`vemviz.chunked.Runner.run`) as parallel tasks of one z slab each; the result is the same.
 
     The report is JSON-serialisable: ``scores`` (one ``{"contrast", "band", "misfit", "region",
     "damaged_fraction"}`` dict per slice), ``flagged`` (sorted z indices), ``reasons`` (``{z:
@@ -494,24 +521,23 @@ def scan_damage(source: SliceSource) -> tuple[dict[str, Any], SliceMasks]:
     """
     n_slices = len(source)
     low, high = source.value_range()
-    contrast, band = [], []
-    for z in track(range(n_slices), "restore: scoring slices"):
-        image = source.image(z)
-        contrast.append(_spread(_thumbnail(image)))
-        band.append(_stuck_fraction(image, low, high, ~source.outside(z)))
-    contrast_ratio = np.array(contrast) / max(float(np.median(contrast)), 1e-12)
-    band_excess = np.array(band) - np.median(band)
+    figures = sweep(source, functools.partial(_slice_figures, low, high), range(n_slices),
+                    "restore: scoring slices", run, _itself)  # fmt: skip
+    contrast, band = (np.array([figures[z][i] for z in range(n_slices)]) for i in (0, 1))
+    contrast_ratio = contrast / max(float(np.median(contrast)), 1e-12)
+    band_excess = band - np.median(band)
     blank = contrast_ratio < THRESHOLDS["contrast"]
     banded = band_excess > THRESHOLDS["band"]
     usable = ~(blank | banded)
-
-    @functools.lru_cache(maxsize=4)
-    def normed(z: int) -> np.ndarray | None:
-        return _normalised(_thumbnail(source.image(z))) if usable[z] else None
-
-    best_ncc, odd = _fit_to_neighbours(normed, n_slices)
+    fits = sweep(source, functools.partial(_fit_to_neighbours, n_slices),
+                 [int(z) for z in np.flatnonzero(usable)], "restore: fitting slices",
+                 run, functools.partial(_normed_thumbnails, usable=usable))  # fmt: skip
+    best_ncc, odd = np.full(n_slices, np.nan), np.zeros(n_slices, dtype=bool)
+    for z, fit in fits.items():
+        if fit is not None:
+            best_ncc[z], odd[z] = fit
     misfit = _misfit_scores(best_ncc) * odd
-    regions, peaks, seed = _region_scores(source, ~blank)
+    regions, peaks, seed = _region_scores(source, ~blank, run)
     masks = SliceMasks(source.shape)
     reasons: dict[int, str] = {}
     plane = source.shape[1] * source.shape[2]
@@ -551,6 +577,18 @@ def scan_damage(source: SliceSource) -> tuple[dict[str, Any], SliceMasks]:
         "damaged_voxels": sum(masks.count(z) for z in reasons),
     }
     return report, masks
+
+
+def _itself(source: SliceSource) -> SliceSource:
+    """A `vemviz.slices.sweep` reader that gives the source itself (image and outside)."""
+    return source
+
+
+def _slice_figures(low: float, high: float, source: SliceSource, z: int) -> tuple[float, float]:
+    """Slice z's contrast (1-99 % spread of its thumbnail) and stuck fraction inside its
+    section (``low``, ``high``: the stack's value range)."""
+    image = source.image(z)
+    return _spread(_thumbnail(image)), _stuck_fraction(image, low, high, ~source.outside(z))
 
 
 def gap_runs(damaged: Collection[int], n_slices: int) -> set[int]:

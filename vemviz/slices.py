@@ -12,6 +12,11 @@ Neither needs the whole volume in memory:
   gives each slice's pixels outside its section (the padding of an aligned stack), from a
   mask array or from the alignment's transforms (`vemviz.align.section_mask`), computed
   per slice.
+- `sweep` computes something per slice (with whatever neighbours it reads) for a list of
+  slices: in this process, or as tasks of consecutive slices, each reading through its own
+  copy of the source, on the workers of a `vemviz.chunked.Runner` (threads, or a
+  dask.distributed cluster). Each slice's result is computed by the same function either
+  way, so the two agree exactly.
 - `SliceMasks` keeps, per damaged slice, the bounding box of its mask and the mask within
   it; `dense` expands it to a (z, y, x) bool array for callers that hold volumes in memory.
 """
@@ -20,10 +25,16 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from vemviz.progress import track
+
+# Runs a list of no-argument tasks with a progress description; returns their results (in any
+# order): `vemviz.chunked.Runner.run`.
+Run = Callable[[Sequence[Callable[[], Any]], str], list]
 
 _SLABS_KEPT = 2
 _OUTSIDE_KEPT = 8  # a slice and its references, and the next slice's
@@ -40,6 +51,8 @@ class SliceSource:
         slab_bytes: int = 2**28,
     ) -> None:
         self.stack = stack
+        self._outside = outside
+        self._slab_bytes = slab_bytes
         self.shape: tuple[int, int, int] = tuple(int(n) for n in stack.shape)  # type: ignore[assignment]
         self.dtype = np.dtype(stack.dtype)
         self.in_memory = isinstance(stack, np.ndarray)
@@ -66,6 +79,10 @@ class SliceSource:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def copy(self) -> SliceSource:
+        """The same slices with caches of their own (for a task run alongside others)."""
+        return SliceSource(self.stack, self._outside, self._slab_bytes)
+
     def image(self, z: int) -> np.ndarray:
         """Slice ``z`` as a numpy array (a view of the stack or of a cached slab)."""
         if self.in_memory:
@@ -89,6 +106,62 @@ class SliceSource:
         return float(low), float(high)
 
 
+def sweep(
+    source: SliceSource,
+    compute: Callable[[Any, int], Any],
+    slices: Sequence[int],
+    description: str,
+    run: Run | None = None,
+    reader: Callable[[SliceSource], Any] | None = None,
+) -> dict[int, Any]:
+    """``{z: compute(read, z)}`` for every z in ``slices``; ``read`` is ``reader(source)``
+    (default: ``source.image``, z -> slice z; a reader can warp and cache, or give the source
+    itself).
+
+    Without ``run``, in this process, in order. With ``run`` (`Run`), as tasks of the slices
+    of one z slab of the source each (its chunk depth), every task with its own copy of the
+    source, so they read in parallel without sharing caches.
+    """
+    reader = reader or _plain_reader
+    if run is None:
+        read = reader(source)
+        return {z: compute(read, z) for z in track(slices, description)}
+    groups: dict[int, list[int]] = {}
+    for z in slices:
+        groups.setdefault(z // source.slab, []).append(z)
+    tasks = [
+        functools.partial(_sweep_slab, source.copy(), reader, compute, group)
+        for group in groups.values()
+    ]
+    results: dict[int, Any] = {}
+    for part in run(tasks, description):
+        results.update(part)
+    return results
+
+
+def _plain_reader(source: SliceSource) -> Callable[[int], np.ndarray]:
+    return source.image
+
+
+def _sweep_slab(
+    source: SliceSource,
+    reader: Callable[[SliceSource], Any],
+    compute: Callable[[Any, int], Any],
+    slices: list[int],
+) -> dict[int, Any]:
+    read = reader(source)
+    return {z: compute(read, z) for z in slices}
+
+
+def crop(mask: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """A (y, x) bool mask as (y0, x0, the mask within its bounding box); None if all false."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    y0, x0 = int(rows[0]), int(cols[0])
+    return y0, x0, mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1].copy()
+
+
 class SliceMasks:
     """Per-slice bool masks of a stack of ``shape``, each kept as its bounding box and the
     mask inside it; slices without a true pixel hold nothing."""
@@ -98,12 +171,14 @@ class SliceMasks:
         self._crops: dict[int, tuple[int, int, np.ndarray]] = {}
 
     def set(self, z: int, mask: np.ndarray) -> None:
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size == 0:
+        self.put(z, crop(mask))
+
+    def put(self, z: int, cropped: tuple[int, int, np.ndarray] | None) -> None:
+        """Set slice ``z``'s mask from its `crop` (None: no true pixel)."""
+        if cropped is None:
             self._crops.pop(z, None)
-            return
-        y0, x0 = int(rows[0]), int(cols[0])
-        self._crops[z] = (y0, x0, mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1].copy())
+        else:
+            self._crops[z] = cropped
 
     def get(self, z: int) -> np.ndarray:
         """Slice ``z``'s mask, (y, x) bool."""
