@@ -16,6 +16,7 @@ from vemviz import stages
 from vemviz.align import align_stack
 from vemviz.blockwise import (
     AlignApplyBlocks,
+    AlignBlocks,
     InpaintBlocks,
     IsoBlocks,
     SegmentBlocks,
@@ -572,9 +573,19 @@ def test_distributed_local_cluster(phantom, source, tmp_path) -> None:
             SegmentBlocks("mito", phantom.raw.voxel_size_nm), source, tmp_path, "seg",
             scheduler=address,
         )  # fmt: skip
+        # registration and detection send their slab tasks (small slabs under this budget)
+        # to the worker processes
+        small = {"scheduler": address, "memory_budget": 2**21}
+        aligned = _chunked(AlignBlocks(mode="elastic"), source, tmp_path, "align", **small)
+        restored = _chunked(InpaintBlocks(detect=True, method="flow"), source, tmp_path,
+                            "inpaint", **small)  # fmt: skip
     np.testing.assert_array_equal(iso, stages.iso(phantom.raw, factor=2)[0].numpy())
     want = stages.segment(phantom.raw, target="mito", method="classical")[0].numpy()
     assert _same_partition(labels, want)
+    np.testing.assert_array_equal(aligned, align_stack(phantom.raw.numpy(), "elastic")[0])
+    np.testing.assert_array_equal(
+        restored, stages.inpaint(phantom.raw, detect=True, method="flow")[0].numpy()
+    )
 
 
 def test_block_meshing_is_seam_free(phantom, tmp_path) -> None:

@@ -83,6 +83,10 @@ class SliceSource:
         """The same slices with caches of their own (for a task run alongside others)."""
         return SliceSource(self.stack, self._outside, self._slab_bytes)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # sent to a worker process without its caches (rebuilt there, empty)
+        return SliceSource, (self.stack, self._outside, self._slab_bytes)
+
     def image(self, z: int) -> np.ndarray:
         """Slice ``z`` as a numpy array (a view of the stack or of a cached slab)."""
         if self.in_memory:
