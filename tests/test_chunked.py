@@ -22,7 +22,7 @@ from vemviz.blockwise import (
     SegmentBlocks,
     SrBlocks,
 )
-from vemviz.chunked import Work, parse_memory, plan_grid, run_chunked
+from vemviz.chunked import Runner, Work, parse_memory, plan_grid, run_chunked
 from vemviz.cli import main
 from vemviz.damage import simulate_damage
 from vemviz.errors import VemvizError
@@ -83,11 +83,8 @@ def test_chunked_equals_in_memory(phantom, source, tmp_path, stage, reference) -
 def test_learned_blocks_equal_the_model_in_memory(phantom, source, tmp_path, kind) -> None:
     """A learned stage trains once (on the central slab) and can save that model; blocks
     applying a model equal it applied to the whole volume with the volume's normalisation."""
-    import torch
-
     from vemviz import inr
     from vemviz.blockwise import Learned, _with_volume_norm
-    from vemviz.chunked import Runner
     from vemviz.iso import reconstruct_z
     from vemviz.sr import super_resolve
 
@@ -135,7 +132,6 @@ def test_inr_flow_half_is_planned_from_the_budget(source, tmp_path) -> None:
     ``--method flow``, and a budget too small for one plane's flows fails before training."""
     from vemviz import inr
     from vemviz.blockwise import Learned
-    from vemviz.chunked import Runner
 
     training = inr.Training(steps=5, time_budget=None, batch=2, patch=24, device="cpu")
     stage = IsoBlocks(2.0, "inr", Learned(training=training))
@@ -630,3 +626,18 @@ def test_cli_mesh_by_blocks(phantom, tmp_path) -> None:
     ids = np.unique(phantom.mito.numpy())
     assert [o["label"] for o in manifest["objects"]] == ids[ids > 0].tolist()
     assert all(o["watertight"] for o in manifest["objects"])
+
+
+def test_registration_and_detection_passes_run_in_process_when_workers_would_not_fit(
+    phantom, source, capsys
+) -> None:
+    """Slab tasks on every worker when all workers' steps fit the budget's whole-plane
+    allowance; otherwise one slice at a time in this process, with a note."""
+    from vemviz.blockwise import SWEEP_BYTES_PER_PLANE_PIXEL, _slice_source, _sweep_run
+
+    step = SWEEP_BYTES_PER_PLANE_PIXEL * 128 * 128  # the phantom's 128 x 128 slices
+    with Runner(workers=2, memory_budget=int(step / 2)) as runner:  # 2 steps fit in 4x
+        assert _sweep_run(_slice_source(source, runner), runner) == runner.run
+    with Runner(workers=2, memory_budget=int(step / 2.5)) as runner:
+        assert _sweep_run(_slice_source(source, runner), runner) is None
+    assert "run one slice at a time in this process" in " ".join(capsys.readouterr().err.split())

@@ -88,6 +88,7 @@ from vemviz import restore as restore_mod
 from vemviz import segment as segment_mod
 from vemviz import sr as sr_mod
 from vemviz.chunked import (
+    WHOLE_PLANE_ALLOWANCE,
     BlockStage,
     Box,
     Grid,
@@ -109,8 +110,14 @@ from vemviz.chunked import (
 )  # fmt: skip
 from vemviz.errors import VemvizError
 from vemviz.io import write_volume
-from vemviz.progress import track
+from vemviz.progress import status, track
 from vemviz.volume import Volume, VoxelSize
+
+# Peak working memory of one step of registration's and detection's passes over a slice
+# (elastic flows of a section and its references, the heaviest), per plane pixel: measured on
+# 2048 x 2048 slices (elastic 100, registration 87, detection residuals 69), plus the warped
+# sections a task keeps (`/work/notes/exp/sweep_mem.py` of the 2026-12-05 session).
+SWEEP_BYTES_PER_PLANE_PIXEL = 112.0
 
 _CUBIC_HALO = 16
 _SR_HALO = 4
@@ -288,7 +295,7 @@ class InpaintBlocks(BlockStage):
         damage: dict[str, Any] = {}
         found = None
         if self.detect:
-            damage["detection"], found = restore_mod.scan_damage(source, runner.run)
+            damage["detection"], found = restore_mod.scan_damage(source, _sweep_run(source, runner))
         given = None if self.mask is None else lazy(self._mask_volume())
         depth = max(1, min(n_z, runner.memory_budget // (8 * height * width)))
         grid = Grid(volume.shape, (depth, height, width))
@@ -795,10 +802,10 @@ class AlignBlocks(AlignApplyBlocks):
 
         record = work.root / "alignment.json"
         if not record.is_file():
+            source = _slice_source(volume, runner)
             registration = align_mod.register_sections(
-                _slice_source(volume, runner), self.mode, self.skip, smooth=self.smooth,
-                run=runner.run,
-            )  # fmt: skip
+                source, self.mode, self.skip, smooth=self.smooth, run=_sweep_run(source, runner)
+            )
             write_json(record, registration)
         registration = json.loads(record.read_text())
         object.__setattr__(self, "registration", registration)
@@ -1294,6 +1301,20 @@ def _slice_source(volume: Volume, runner: Runner, transforms: dict[str, Any] | N
 
     slab_bytes = runner.memory_budget // (16 * runner.workers)
     return SliceSource.aligned(lazy(volume), transforms, slab_bytes=slab_bytes)
+
+
+def _sweep_run(source: Any, runner: Runner) -> Any:
+    """How the passes of registration and detection over ``source``'s slices run: as slab
+    tasks on the ``runner``'s workers (`Runner.run`) when all workers' steps fit the budget's
+    whole-plane allowance, else one slice at a time in this process (None), with a note."""
+    plane = source.shape[1] * source.shape[2]
+    need = runner.workers * SWEEP_BYTES_PER_PLANE_PIXEL * plane
+    if need <= WHOLE_PLANE_ALLOWANCE * runner.memory_budget:
+        return runner.run
+    status(f"note: {runner.workers} workers' passes over {source.shape[1]} x {source.shape[2]} "
+           f"px slices would need about {need / 2**20:,.0f} MiB; they run one slice at a time "
+           "in this process")  # fmt: skip
+    return None
 
 
 @functools.lru_cache(maxsize=2)

@@ -68,6 +68,9 @@ _CHUNK_XY = 512
 # damaged slice, a block full of objects), and smaller blocks keep every worker busy to the end.
 BLOCKS_PER_WORKER = 4
 MIN_BLOCK_VOXELS = 2**23
+# Stages that need whole planes may use this multiple of the budget when even their smallest
+# blocks (one plane per worker) are over it.
+WHOLE_PLANE_ALLOWANCE = 4
 
 
 def parse_memory(text: str) -> int:
@@ -243,7 +246,7 @@ def plan_grid(
         and halve()
     ):
         pass
-    if need() > budget * 4:
+    if need() > budget * WHOLE_PLANE_ALLOWANCE:
         raise VemvizError(
             f"{stage.name}: the smallest block still needs about {need() / 2**20:.0f} MiB; "
             "raise --memory-budget or use fewer workers"
