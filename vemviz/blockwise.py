@@ -9,7 +9,8 @@ halo is what makes block results equal to whole-volume results:
   damaged slice of the block, which is all a filled slice depends on (the outer ones bend the
   flow's paths). A damage mask (detected, given, or kept off an alignment's padding) is built
   first, in a pass that reads the slices one at a time (`restore.scan_damage`, whose sweeps
-  over the slices run as tasks of one z slab on the runner's workers) and writes the mask
+  over the slices run as tasks of one z slab on the runner's workers when the budget allows,
+  `_sweep_run`) and writes the mask
   slab by slab into the work folder; the blocks read their part of it. The diffusion
   model's intensity range (of the undamaged voxels) is streamed from it once, so every block
   normalises as the whole volume does in memory. What learns from the volume does so once,
@@ -42,7 +43,7 @@ halo is what makes block results equal to whole-volume results:
 - align (`align.apply_transforms`): z slabs of whole sections with their slice of the
   transforms (a warp can move any pixel anywhere in its section). ``align`` itself first
   registers the sections (`align.register_sections`) before the blocks, each of its passes
-  over the sections as tasks of one z slab on the runner's workers.
+  over the sections as tasks of one z slab on the runner's workers when the budget allows.
 - segment (`segment.segment`): instance labels need one numbering across blocks. Each block is
   segmented with a halo of ``halo_nm`` (physical units, so context is the same for any voxel
   size) and its core written with block-local ids; the two voxel layers on each side of every
