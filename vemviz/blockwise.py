@@ -781,9 +781,9 @@ class AlignApplyBlocks(BlockStage):
 @dataclass(frozen=True)
 class AlignBlocks(AlignApplyBlocks):
     """`align` by blocks: the sections are registered first (`align.register_sections`, its
-    passes as tasks of one z slab each on the runner's workers), and the transforms kept in
-    the work folder (a resumed run reuses them); the blocks then apply them as
-    `AlignApplyBlocks` (linear)."""
+    passes as tasks of one z slab each on the runner's workers when the budget allows,
+    `_sweep_run`), and the transforms kept in the work folder (a resumed run reuses them); the
+    blocks then apply them as `AlignApplyBlocks` (linear)."""
 
     mode: str = "rigid"
     skip: tuple[int, ...] = ()
