@@ -222,9 +222,9 @@ class InpaintBlocks(BlockStage):
         """The stage with its damage mask written to the work folder (uint8 OME-Zarr, 1 =
         damaged) slab by slab: the given slices and mask, and the damage detected on the
         slices streamed one at a time (`vemviz.restore.scan_damage`, in slab tasks on the
-        runner's workers), all off the alignment's padding; plus, for diffusion fills, the
-        intensity range of the undamaged voxels and the fine-tuned model, and for inr fills
-        their networks. A resumed run reads what the first one recorded."""
+        runner's workers when the budget allows), all off the alignment's padding; plus, for
+        diffusion fills, the intensity range of the undamaged voxels and the fine-tuned model,
+        and for inr fills their networks. A resumed run reads what the first one recorded."""
         from vemviz.io.atomic import write_json
 
         store, record = work.root / "damage.ome.zarr", work.root / "damage.json"
