@@ -569,8 +569,7 @@ def test_distributed_local_cluster(phantom, source, tmp_path) -> None:
             SegmentBlocks("mito", phantom.raw.voxel_size_nm), source, tmp_path, "seg",
             scheduler=address,
         )  # fmt: skip
-        # registration and detection send their slab tasks (small slabs under this budget)
-        # to the worker processes
+        # registration and detection send their tasks to the worker processes
         small = {"scheduler": address, "memory_budget": 2**21}
         aligned = _chunked(AlignBlocks(mode="elastic"), source, tmp_path, "align", **small)
         restored = _chunked(InpaintBlocks(detect=True, method="flow"), source, tmp_path,

@@ -1296,11 +1296,11 @@ def _plane_labels(local: Path, grid: Grid, tables: list[np.ndarray], z: int) -> 
 
 def _slice_source(volume: Volume, runner: Runner, transforms: dict[str, Any] | None = None):
     """The volume's slices one at a time (`vemviz.slices.SliceSource`, aligned by
-    ``transforms`` if given), for passes run in slab tasks on the ``runner``'s workers: each
-    task keeps two slabs of at most 1/16 of the memory budget per worker."""
+    ``transforms`` if given), for passes run as tasks on the ``runner``'s workers: each task
+    keeps two slabs of at most 1/4 of the memory budget per worker."""
     from vemviz.slices import SliceSource
 
-    slab_bytes = runner.memory_budget // (16 * runner.workers)
+    slab_bytes = runner.memory_budget // (4 * runner.workers)
     return SliceSource.aligned(lazy(volume), transforms, slab_bytes=slab_bytes)
 
 

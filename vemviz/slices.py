@@ -13,8 +13,8 @@ Neither needs the whole volume in memory:
   mask array or from the alignment's transforms (`vemviz.align.section_mask`), computed
   per slice.
 - `sweep` computes something per slice (with whatever neighbours it reads) for a list of
-  slices: in this process, or as tasks of consecutive slices, each reading through its own
-  copy of the source, on the workers of a `vemviz.chunked.Runner` (threads, or a
+  slices: in this process, or as tasks of the slices of one z chunk, each reading through
+  its own copy of the source, on the workers of a `vemviz.chunked.Runner` (threads, or a
   dask.distributed cluster). Each slice's result is computed by the same function either
   way, so the two agree exactly.
 - `SliceMasks` keeps, per damaged slice, the bounding box of its mask and the mask within
@@ -57,8 +57,9 @@ class SliceSource:
         self.dtype = np.dtype(stack.dtype)
         self.in_memory = isinstance(stack, np.ndarray)
         plane_bytes = self.shape[1] * self.shape[2] * self.dtype.itemsize
-        chunk = self.shape[0] if self.in_memory else int(stack.chunks[0][0])
-        self.slab = max(1, min(chunk, slab_bytes // max(plane_bytes, 1)))
+        # the depth of the stack's z chunks (a chunk is decoded whole, whatever is read of it)
+        self.chunk = self.shape[0] if self.in_memory else int(stack.chunks[0][0])
+        self.slab = max(1, min(self.chunk, slab_bytes // max(plane_bytes, 1)))
         self._slabs: OrderedDict[int, np.ndarray] = OrderedDict()
         empty = np.zeros(self.shape[1:], dtype=bool)
         self.outside = functools.lru_cache(maxsize=_OUTSIDE_KEPT)(
@@ -123,8 +124,9 @@ def sweep(
     itself).
 
     Without ``run``, in this process, in order. With ``run`` (`Run`), as tasks of the slices
-    of one z slab of the source each (its chunk depth), every task with its own copy of the
-    source, so they read in parallel without sharing caches.
+    of one z chunk of the source each (a chunk is decoded whole, so a task that reads all of
+    its slices reads it as one process would), every task with its own copy of the source, so
+    they read in parallel without sharing caches.
     """
     reader = reader or _plain_reader
     if run is None:
@@ -132,7 +134,7 @@ def sweep(
         return {z: compute(read, z) for z in track(slices, description)}
     groups: dict[int, list[int]] = {}
     for z in slices:
-        groups.setdefault(z // source.slab, []).append(z)
+        groups.setdefault(z // source.chunk, []).append(z)
     tasks = [
         functools.partial(_sweep_slab, source.copy(), reader, compute, group)
         for group in groups.values()
