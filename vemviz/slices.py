@@ -136,7 +136,7 @@ def sweep(
     for z in slices:
         groups.setdefault(z // source.chunk, []).append(z)
     tasks = [
-        functools.partial(_sweep_slab, source.copy(), reader, compute, group)
+        functools.partial(_sweep_task, source.copy(), reader, compute, group)
         for group in groups.values()
     ]
     results: dict[int, Any] = {}
@@ -149,7 +149,7 @@ def _plain_reader(source: SliceSource) -> Callable[[int], np.ndarray]:
     return source.image
 
 
-def _sweep_slab(
+def _sweep_task(
     source: SliceSource,
     reader: Callable[[SliceSource], Any],
     compute: Callable[[Any, int], Any],
