@@ -583,7 +583,7 @@ def register_sections(
     NCCs after alignment, warped one at a time. Returns the report.
 
     Each pass over the sections is a `vemviz.slices.sweep`: in this process, or with ``run``
-    (`vemviz.chunked.Runner.run`) as parallel tasks of one z slab each; the report is the same.
+    (`vemviz.chunked.Runner.run`) as parallel tasks of one z chunk each; the report is the same.
 
     ``mode``: ``rigid`` (rotation + translation), ``affine``, or ``elastic`` (rigid plus a
     smooth per-section displacement mesh; ``mesh_spacing`` px, ``stiffness`` towards the rigid

@@ -9,9 +9,9 @@ halo is what makes block results equal to whole-volume results:
   damaged slice of the block, which is all a filled slice depends on (the outer ones bend the
   flow's paths). A damage mask (detected, given, or kept off an alignment's padding) is built
   first, in a pass that reads the slices one at a time (`restore.scan_damage`, whose sweeps
-  over the slices run as tasks of one z slab on the runner's workers when the budget allows,
-  `_sweep_run`) and writes the mask
-  slab by slab into the work folder; the blocks read their part of it. The diffusion
+  over the slices run as tasks of one z chunk on the runner's workers when the budget allows,
+  `_sweep_run`) and writes the mask slab by slab into the work folder; the blocks read their
+  part of it. The diffusion
   model's intensity range (of the undamaged voxels) is streamed from it once, so every block
   normalises as the whole volume does in memory. What learns from the volume does so once,
   before the blocks, on the undamaged slices of the central slab (`training_box`), as learned
@@ -43,7 +43,7 @@ halo is what makes block results equal to whole-volume results:
 - align (`align.apply_transforms`): z slabs of whole sections with their slice of the
   transforms (a warp can move any pixel anywhere in its section). ``align`` itself first
   registers the sections (`align.register_sections`) before the blocks, each of its passes
-  over the sections as tasks of one z slab on the runner's workers when the budget allows.
+  over the sections as tasks of one z chunk on the runner's workers when the budget allows.
 - segment (`segment.segment`): instance labels need one numbering across blocks. Each block is
   segmented with a halo of ``halo_nm`` (physical units, so context is the same for any voxel
   size) and its core written with block-local ids; the two voxel layers on each side of every
@@ -221,7 +221,7 @@ class InpaintBlocks(BlockStage):
     def damage_pass(self, volume: Volume, work: Work, runner: Runner) -> InpaintBlocks:
         """The stage with its damage mask written to the work folder (uint8 OME-Zarr, 1 =
         damaged) slab by slab: the given slices and mask, and the damage detected on the
-        slices streamed one at a time (`vemviz.restore.scan_damage`, in slab tasks on the
+        slices streamed one at a time (`vemviz.restore.scan_damage`, in chunk tasks on the
         runner's workers when the budget allows), all off the alignment's padding; plus, for
         diffusion fills, the intensity range of the undamaged voxels and the fine-tuned model,
         and for inr fills their networks. A resumed run reads what the first one recorded."""
@@ -781,7 +781,7 @@ class AlignApplyBlocks(BlockStage):
 @dataclass(frozen=True)
 class AlignBlocks(AlignApplyBlocks):
     """`align` by blocks: the sections are registered first (`align.register_sections`, its
-    passes as tasks of one z slab each on the runner's workers when the budget allows,
+    passes as tasks of one z chunk each on the runner's workers when the budget allows,
     `_sweep_run`), and the transforms kept in the work folder (a resumed run reuses them); the
     blocks then apply them as `AlignApplyBlocks` (linear)."""
 
@@ -1305,7 +1305,7 @@ def _slice_source(volume: Volume, runner: Runner, transforms: dict[str, Any] | N
 
 
 def _sweep_run(source: Any, runner: Runner) -> Any:
-    """How the passes of registration and detection over ``source``'s slices run: as slab
+    """How the passes of registration and detection over ``source``'s slices run: as chunk
     tasks on the ``runner``'s workers (`Runner.run`) when all workers' steps fit the budget's
     whole-plane allowance, else one slice at a time in this process (None), with a note."""
     plane = source.shape[1] * source.shape[2]

@@ -510,7 +510,7 @@ def scan_damage(source: SliceSource, run: Run | None = None) -> tuple[dict[str, 
     """`detect_damage` of the slices of ``source``, read one at a time (a volume on disk need
     not fit in memory); the damage mask is returned per slice (`vemviz.slices.SliceMasks`).
     Each pass over the slices is a `vemviz.slices.sweep`: in this process, or with ``run``
-    (`vemviz.chunked.Runner.run`) as parallel tasks of one z slab each; the result is the same.
+    (`vemviz.chunked.Runner.run`) as parallel tasks of one z chunk each; the result is the same.
 
     The report is JSON-serialisable: ``scores`` (one ``{"contrast", "band", "misfit", "region",
     "damaged_fraction"}`` dict per slice), ``flagged`` (sorted z indices), ``reasons`` (``{z:
@@ -541,8 +541,8 @@ def scan_damage(source: SliceSource, run: Run | None = None) -> tuple[dict[str, 
     masks = SliceMasks(source.shape)
     reasons: dict[int, str] = {}
     plane = source.shape[1] * source.shape[2]
+    whole = np.ones(source.shape[1:], dtype=bool)  # read only: each mask is a new array
     for z in range(n_slices):
-        whole = np.ones(source.shape[1:], dtype=bool)
         if blank[z]:
             reason, mask = "blank", whole
         elif banded[z]:
