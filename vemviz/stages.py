@@ -648,7 +648,7 @@ def merge_reimage(
         if sr_volume is None:
             sr_volume = sr(low, scale=scale, method=plan["sr_method"])[0]
         upscaled = sr_volume.numpy()
-    merged, merge_report = reimage_mod.merge_tiles(upscaled, plan, tiles)
+    merged, merge_report = reimage_mod.merge_tiles(upscaled, low.numpy(), plan, tiles)
     report.update(merge_report)
     return low.with_data(merged, hr_voxel, stage="merge-reimage"), report
 

@@ -90,7 +90,7 @@ def _run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, An
             tiles = reimage.truth_tiles(truth_full, plan, stage_error_px=2.0)
             with timed(timing):  # at merge-reimage's defaults: REFIT_STEPS or 240 s
                 refit = reimage.refit_sr(low, tiles, args.scale, Training(device="auto"))
-                merged, _ = reimage.merge_tiles(refit, plan, tiles)
+                merged, _ = reimage.merge_tiles(refit, low, plan, tiles)
             saved = plan["time"]["time_saved"]
             add(method, budget, merged, saved, seconds=timing["seconds"])
             for choice in curve:
