@@ -11,7 +11,14 @@ from vemviz.cli import main
 from vemviz.device import resolve_device
 from vemviz.errors import VemvizError
 from vemviz.io import read_volume, write_volume
-from vemviz.iso import interpolate_z, output_positions, reconstruct_z
+from vemviz.iso import (
+    interpolate_flow,
+    interpolate_z,
+    least_squares_weight,
+    output_positions,
+    reconstruct_z,
+    train_inr,
+)
 from vemviz.metrics import psnr
 from vemviz.phantom import make_phantom
 from vemviz.sr import super_resolve
@@ -76,6 +83,41 @@ def test_training_lowers_the_loss_and_beats_cubic(cube: np.ndarray) -> None:
     learned = psnr(cube[synthesized], result.data[synthesized])
     cubic = psnr(cube[synthesized], interpolate_z(low, 4, "cubic")[synthesized])
     assert learned > cubic + 0.5, (learned, cubic)
+
+
+def test_least_squares_weight() -> None:
+    errors = np.random.default_rng(0).normal(size=500)
+    # 0.3 e + 0.7 (-3/7 e) = 0: the weight that cancels the two errors exactly
+    assert np.isclose(least_squares_weight(errors, -3 / 7 * errors), 0.3)
+    assert least_squares_weight(errors + 2, errors + 1) == 0.0  # the better one alone, clipped
+    assert least_squares_weight(errors, errors) == 0.5
+
+
+def test_fusion_weight_is_estimated_saved_and_applied(cube: np.ndarray, tmp_path) -> None:
+    low = cube[::4]  # 11 slices: every other one leaves 6, with 5 to predict between them
+    synthesized = np.arange(len(cube)) % 4 != 0
+    training = _training(steps=40, architecture=inr.Architecture(channels=16, blocks=2, hidden=32))
+    model = train_inr(low, 4, training)
+    assert 0 <= model.fusion_weight <= 1 and model.fusion_weight != 0.5
+    # it is the least-squares weight of a network trained at x8 and flow, on slices 1, 3, ...
+    proxy = inr.train_iso(low[::2], 8, training)
+    positions = np.arange(5) + 0.5
+    between = low[1::2].astype(np.float32)
+    expected = least_squares_weight(inr.reconstruct_iso(proxy, low[::2], positions)[0] - between,
+                                    interpolate_flow(low[::2], positions) - between)  # fmt: skip
+    assert np.isclose(model.fusion_weight, expected)
+    path = tmp_path / "iso.pt"
+    inr.save_model(model, path)
+    assert inr.load_model(path, "iso", "cpu").fusion_weight == model.fusion_weight
+    # weight 1: the network alone; weight 0: flow alone
+    network = inr.reconstruct_iso(model, low, output_positions(len(low), 4)[synthesized])[0]
+    model.fusion_weight = 1.0
+    alone = reconstruct_z(low, 4, "inr", model=model).data[synthesized]
+    np.testing.assert_array_equal(alone, np.clip(np.rint(network), 0, 255).astype(np.uint8))
+    model.fusion_weight = 0.0
+    flow = reconstruct_z(low, 4, "inr", model=model).data[synthesized]
+    np.testing.assert_array_equal(flow, interpolate_z(low, 4, "flow")[synthesized])
+    assert train_inr(low[:6], 4, _training(steps=3)).fusion_weight == 0.5  # too few slices
 
 
 def test_time_budget_stops_training(cube: np.ndarray) -> None:

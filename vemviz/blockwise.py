@@ -459,7 +459,7 @@ def _provide_model(
         if learned.model is not None:
             model = inr.load_model(learned.model, kind, "cpu")
         else:
-            train = inr.train_iso if kind == "iso" else inr.train_sr
+            train = iso_mod.train_inr if kind == "iso" else inr.train_sr
             training = learned.training or inr.Training()
             model = train(training_slab(volume), factor, training, norm=learned.norm)
             report = inr.training_report(model)

@@ -346,11 +346,13 @@ def _add_common(
         parser.add_argument("--report", type=Path, metavar="JSON", help="write figures as JSON")
 
 
-def _add_learned(parser: argparse.ArgumentParser, method: str, model_files: bool = True) -> None:
+def _add_learned(
+    parser: argparse.ArgumentParser, method: str, model_files: bool = True, budget: str = "240"
+) -> None:
     """Options of the self-supervised learned methods (training and model files)."""
     parser.add_argument(
         "--time-budget", type=float, metavar="SECONDS",
-        help=f"{method}: training time limit (default 240)",
+        help=f"{method}: training time limit (default {budget})",
     )  # fmt: skip
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0, help=f"{method}: training seed")
@@ -473,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--uncertainty", type=Path, metavar="PATH",
         help="inr: write the per-voxel uncertainty (XZ/YZ disagreement) as a volume here",
     )  # fmt: skip
-    _add_learned(p, "inr")
+    _add_learned(p, "inr", budget="480, shared by the network and the one that sets its weight "
+                 "against flow")  # fmt: skip
     _add_common(p)
     _add_scale(p)
     p.set_defaults(func=cmd_iso)

@@ -33,7 +33,7 @@ DAMAGED_SLICE = 11
 def demo_config(input_path: str, factor: int, render: bool, blender: str | None) -> dict[str, Any]:
     stages: list[dict[str, Any]] = [
         {"stage": "inpaint", "detect": True, "method": "flow"},
-        {"stage": "iso", "factor": factor, "method": "inr", "time_budget": 15},
+        {"stage": "iso", "factor": factor, "method": "inr", "time_budget": 30},
         {"stage": "segment", "target": "mito", "method": "learned"},
         {"stage": "mesh", "out": "meshes"},
     ]

@@ -119,6 +119,9 @@ class LearnedModel:
     # intensity (mean, std) to normalise every input by instead of its own; the block stages
     # (`vemviz.blockwise`) set the whole volume's, so that all blocks are scaled alike
     norm: tuple[float, float] | None = None
+    # iso: weight of this network's result against the flow interpolation it is fused with
+    # (`vemviz.iso.train_inr` estimates it; 0.5 when it was not)
+    fusion_weight: float = 0.5
 
 
 # --- network ----------------------------------------------------------------------------------
@@ -643,6 +646,7 @@ def training_report(model: LearnedModel) -> dict:
     losses = model.losses
     return {
         "model_factor": model.factor,
+        **({"fusion_weight": round(model.fusion_weight, 4)} if model.kind == "iso" else {}),
         "training_steps": len(losses),
         "training_seconds": round(model.seconds, 2),
         "training_loss_first_last": [losses[0], losses[-1]] if losses else None,
@@ -664,6 +668,7 @@ def save_model(model: LearnedModel, path: str | Path) -> None:
         "kind": model.kind,
         "factor": model.factor,
         "spacing": model.spacing,
+        "fusion_weight": model.fusion_weight,
         "architecture": asdict(model.architecture),
         "state": {k: v.cpu() for k, v in model.net.state_dict().items()},
     }
@@ -685,7 +690,8 @@ def load_model(path: str | Path, kind: str, device: str = "auto") -> LearnedMode
     arch = Architecture(**{"neighbours": 0, **payload["architecture"]})  # files before neighbours
     net = LocalImplicitNet(1 if payload["kind"] == "iso" else 2, arch)
     spacing = float(payload.get("spacing", 1.0))
-    model = LearnedModel(payload["kind"], float(payload["factor"]), arch, net, spacing)
+    model = LearnedModel(payload["kind"], float(payload["factor"]), arch, net, spacing,
+                         fusion_weight=float(payload.get("fusion_weight", 0.5)))  # fmt: skip
     _check_model(model, kind)
     model.net.load_state_dict(payload["state"])
     model.net.to(resolve_device(device)).eval()

@@ -146,11 +146,13 @@ def _fill_options(
     return options, _training(time_budget, device, seed) if learns else None
 
 
-def _training(time_budget: float | None, device: str, seed: int):
+def _training(time_budget: float | None, device: str, seed: int, default: float | None = None):
+    """`vemviz.inr.Training` with the given budget, else ``default``, else Training's own."""
     from vemviz.inr import Training
 
     if time_budget is not None and not time_budget > 0:
         raise VemvizError(f"--time-budget must be a positive number of seconds, got {time_budget}")
+    time_budget = default if time_budget is None else time_budget
     budget = {} if time_budget is None else {"time_budget": float(time_budget)}
     return Training(device=device, seed=int(seed), **budget)
 
@@ -200,7 +202,7 @@ def iso(
     result = iso_mod.reconstruct_z(
         volume.numpy(), factor, method=method,
         model=_learned_model(model, "iso", device, factor),
-        training=_training(time_budget, device, seed),
+        training=_training(time_budget, device, seed, iso_mod.DEFAULT_TIME_BUDGET),
     )  # fmt: skip
     report: Report = {
         "method": method,
@@ -383,10 +385,11 @@ def _learned_blocks(
     from vemviz.blockwise import Learned
 
     _learned_model(model, kind, device, factor)
+    default = iso_mod.DEFAULT_TIME_BUDGET if kind == "iso" else None
     return Learned(
         model=None if model is None else str(model),
         save_model=None if save_model is None else str(save_model),
-        training=_training(time_budget, device, seed),
+        training=_training(time_budget, device, seed, default),
     )
 
 

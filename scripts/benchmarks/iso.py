@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import OUT_DIR, ROOT, Result, load_tiff, peak_rss_mib, timed
-from vemviz import inr
+from vemviz import inr, iso
 from vemviz.iso import reconstruct_z
 from vemviz.metrics import psnr, ssim_slices
 
@@ -32,8 +32,8 @@ FIGURES = ROOT / "docs" / "figures"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factors", type=float, nargs="+", default=[4, 8])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--time-budget", type=float, default=inr.Training().time_budget,
-                        help="inr training seconds")  # fmt: skip
+    parser.add_argument("--time-budget", type=float, default=iso.DEFAULT_TIME_BUDGET,
+                        help="inr training seconds (both networks)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=inr.DEFAULT_STEPS["iso"],
                         help="inr training steps (the time budget may stop it first)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
@@ -80,6 +80,7 @@ def _flyem(args: argparse.Namespace, volume: np.ndarray, factor: float) -> tuple
         if result.model is not None:
             row["train_steps"] = len(result.model.losses)
             row["train_s"] = round(result.model.seconds, 1)
+            row["fusion_weight"] = round(result.model.fusion_weight, 3)
         rows.append(row)
         outputs[method] = result.data
         print(row, flush=True)
@@ -104,6 +105,7 @@ def _vnc(args: argparse.Namespace) -> tuple[dict, list[str]]:
         figures.append(str(_xz_figure([data[:, y]], OUT_DIR / f"iso_vnc_xz_{name}.png")))
     row["figures"] = figures
     row["train_steps"] = len(learned.model.losses)
+    row["fusion_weight"] = round(learned.model.fusion_weight, 3)
     row["mean_uncertainty"] = round(float(learned.uncertainty.mean()), 3)
     return row, [f"VNC {stack.shape} crop, factor {factor:.2f}: XZ figures {figures}"]
 
