@@ -113,12 +113,19 @@ def test_registration_recovers_stage_error_and_rejects_wrong_tiles(phantom):
         reimage.register_tile(truth[1, 20:100, 30:110], truth[1, 40:120, 10:90], max_shift=2)
 
 
-def test_refinement_on_the_scan_recovers_sub_pixel_stage_error(phantom):
+@pytest.fixture
+def merge_case(phantom):
+    """Truth, scan (x4), assessment, a 20 % plan and its tiles cut with a 2 px stage error."""
     truth = phantom.clean.numpy()[:6]
     low = reimage.area_downsample(truth, 4)
     assessment = reimage.assess(low, (40.0, 32.0, 32.0), scale=4, tile=32)
     plan = reimage.make_plan(assessment, budget=0.2, margin=6)
     tiles = reimage.truth_tiles(truth, plan, stage_error_px=2.0, seed=1)
+    return truth, low, assessment, plan, tiles
+
+
+def test_refinement_on_the_scan_recovers_sub_pixel_stage_error(merge_case):
+    _, low, assessment, plan, tiles = merge_case
     rng = np.random.default_rng(1)
     true = np.array([rng.uniform(-2.0, 2.0, size=2) for _ in plan["tiles"]])
     coarse = np.array([
@@ -142,12 +149,8 @@ def test_refinement_on_the_scan_recovers_sub_pixel_stage_error(phantom):
                                   (0.5, -0.5)) == (0.5, -0.5)  # fmt: skip
 
 
-def test_merge_replaces_planned_tiles_without_seams(phantom):
-    truth = phantom.clean.numpy()[:6]
-    low = reimage.area_downsample(truth, 4)
-    assessment = reimage.assess(low, (40.0, 32.0, 32.0), scale=4, tile=32)
-    plan = reimage.make_plan(assessment, budget=0.2, margin=6)
-    tiles = reimage.truth_tiles(truth, plan, stage_error_px=2.0, seed=1)
+def test_merge_replaces_planned_tiles_without_seams(merge_case):
+    truth, low, assessment, plan, tiles = merge_case
     merged, report = reimage.merge_tiles(assessment.sr, low, plan, tiles)
     assert report["tiles_merged"] == len(plan["tiles"]) > 0
     inside = np.zeros(truth.shape, bool)
