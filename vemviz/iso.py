@@ -40,7 +40,7 @@ flow 25.05 / 0.652, inr 25.80 / 0.678 (inr: 6000 training steps for each of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -175,8 +175,6 @@ def train_inr(
     `MIN_SLICES_FOR_WEIGHT` slices trains only the first, with the whole budget, and keeps
     equal weights.
     """
-    from dataclasses import replace
-
     from vemviz import inr
 
     if stack.shape[0] < MIN_SLICES_FOR_WEIGHT:
