@@ -36,8 +36,9 @@ halo is what makes block results equal to whole-volume results:
   to the input's value range, so each block carries one extra guard slice holding the whole
   volume's minimum and maximum, removed afterwards.
 - learned iso and sr (`Learned`): one model for all blocks. It is the given ``--model`` or is
-  trained once, before the blocks, on a central slab of the volume (`training_slab`), and is
-  kept in the work folder, so a resumed run applies the same one. Every block is normalised
+  trained once, before the blocks, on a central slab of the volume (`training_slab`; for iso
+  with its weight against flow, `iso.train_inr`), and is kept in the work folder, so a resumed
+  run applies the same one. Every block is normalised
   with the whole volume's intensity mean and standard deviation (streamed once), not its own,
   so blocks equal the in-memory result of the same model with the same normalisation.
 - align (`align.apply_transforms`): z slabs of whole sections with their slice of the
