@@ -360,6 +360,6 @@ def test_registration_in_parallel_slab_tasks_gives_the_same_report(raw, mode) ->
 
         lazy = SliceSource(da.from_array(stack, chunks=(4, SIZE, SIZE)))
         got = register_sections(lazy, mode, skip=[14], run=run)
-    assert min(calls) >= N // 4 - 1  # every pass went in slab tasks
+    assert min(calls) >= N // 4 - 1  # every pass went in chunk tasks
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
     assert got["bad_sections"] == [9, 14]

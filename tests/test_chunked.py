@@ -630,7 +630,7 @@ def test_cli_mesh_by_blocks(phantom, tmp_path) -> None:
 def test_registration_and_detection_passes_run_in_process_when_workers_would_not_fit(
     phantom, source, capsys
 ) -> None:
-    """Slab tasks on every worker when all workers' steps fit the budget's whole-plane
+    """Chunk tasks on every worker when all workers' steps fit the budget's whole-plane
     allowance; otherwise one slice at a time in this process, with a note."""
     from vemviz.blockwise import SWEEP_BYTES_PER_PLANE_PIXEL, _slice_source, _sweep_run
 

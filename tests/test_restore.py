@@ -252,7 +252,7 @@ def test_detection_in_parallel_slab_tasks_is_the_same() -> None:
 
         lazy = SliceSource(da.from_array(damaged, chunks=(6, 160, 160)))
         got, masks = scan_damage(lazy, run)
-    assert len(calls) == 4 and min(calls) >= 5  # every sweep went in slab tasks
+    assert len(calls) == 4 and min(calls) >= 5  # every sweep went in chunk tasks
     assert got == want and np.array_equal(masks.dense(), want_mask)
     assert got["flagged"] == [z for z, _ in requests]
 

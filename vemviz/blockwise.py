@@ -8,16 +8,15 @@ halo is what makes block results equal to whole-volume results:
   images); the input slab is widened to the two nearest good slices below and above every
   damaged slice of the block, which is all a filled slice depends on (the outer ones bend the
   flow's paths). A damage mask (detected, given, or kept off an alignment's padding) is built
-  first, in a pass that reads the slices one at a time (`restore.scan_damage`, whose sweeps
-  over the slices run as tasks of one z chunk on the runner's workers when the budget allows,
+  first, in a pass that reads the slices one at a time (`restore.scan_damage`, whose sweeps over
+  the slices run as tasks of one z chunk on the runner's workers when the budget allows,
   `_sweep_run`) and writes the mask slab by slab into the work folder; the blocks read their
-  part of it. The diffusion
-  model's intensity range (of the undamaged voxels) is streamed from it once, so every block
-  normalises as the whole volume does in memory. What learns from the volume does so once,
-  before the blocks, on the undamaged slices of the central slab (`training_box`), as learned
-  iso and sr train: ``--fine-tune`` of the diffusion model, and the inr fills' networks (one
-  per gap length), kept in the work folder; for the inr fills each block reads
-  `restore.INR_CONTEXT` good slices on each side, all a fill reads.
+  part of it. The diffusion model's intensity range (of the undamaged voxels) is streamed from
+  it once, so every block normalises as the whole volume does in memory. What learns from the
+  volume does so once, before the blocks, on the undamaged slices of the central slab
+  (`training_box`), as learned iso and sr train: ``--fine-tune`` of the diffusion model, and the
+  inr fills' networks (one per gap length), kept in the work folder; for the inr fills each
+  block reads `restore.INR_CONTEXT` good slices on each side, all a fill reads.
 - iso (`iso.interpolate_z`): output slice ``k`` depends on input slices ``floor(k/F)`` and the
   next one (linear; flow also on one more on each side, which bend its paths), so a block of
   output slices reads only its input slab (and one slice of halo for flow); the natural
@@ -38,9 +37,9 @@ halo is what makes block results equal to whole-volume results:
 - learned iso and sr (`Learned`): one model for all blocks. It is the given ``--model`` or is
   trained once, before the blocks, on a central slab of the volume (`training_slab`; for iso
   with its weight against flow, `iso.train_inr`), and is kept in the work folder, so a resumed
-  run applies the same one. Every block is normalised
-  with the whole volume's intensity mean and standard deviation (streamed once), not its own,
-  so blocks equal the in-memory result of the same model with the same normalisation.
+  run applies the same one. Every block is normalised with the whole volume's intensity mean and
+  standard deviation (streamed once), not its own, so blocks equal the in-memory result of the
+  same model with the same normalisation.
 - align (`align.apply_transforms`): z slabs of whole sections with their slice of the
   transforms (a warp can move any pixel anywhere in its section). ``align`` itself first
   registers the sections (`align.register_sections`) before the blocks, each of its passes
