@@ -57,7 +57,10 @@ def _chunked(stage, volume, tmp_path: Path, name: str = "out", **kw) -> np.ndarr
             IsoBlocks(40 / 8.7, "linear"),
             lambda v: stages.iso(v, out_voxel_size=8.7, method="linear")[0],
         ),
-        (IsoBlocks(40 / 8.7, "flow"), lambda v: stages.iso(v, out_voxel_size=8.7)[0]),
+        (
+            IsoBlocks(40 / 8.7, "flow"),
+            lambda v: stages.iso(v, out_voxel_size=8.7, method="flow")[0],
+        ),
         (SrBlocks(2.0), lambda v: stages.sr(v, scale=2)[0]),
     ],
     ids=[
@@ -574,7 +577,7 @@ def test_distributed_local_cluster(phantom, source, tmp_path) -> None:
         aligned = _chunked(AlignBlocks(mode="elastic"), source, tmp_path, "align", **small)
         restored = _chunked(InpaintBlocks(detect=True, method="flow"), source, tmp_path,
                             "inpaint", **small)  # fmt: skip
-    np.testing.assert_array_equal(iso, stages.iso(phantom.raw, factor=2)[0].numpy())
+    np.testing.assert_array_equal(iso, stages.iso(phantom.raw, factor=2, method="flow")[0].numpy())
     want = stages.segment(phantom.raw, target="mito", method="classical")[0].numpy()
     assert _same_partition(labels, want)
     np.testing.assert_array_equal(aligned, align_stack(phantom.raw.numpy(), "elastic")[0])

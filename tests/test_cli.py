@@ -112,6 +112,21 @@ def test_iso_contract_and_voxel_size_override(tmp_path, capsys):
     assert '"slices_out": 13' in report.read_text()
 
 
+def test_iso_defaults_to_inr_and_without_torch_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import vemviz
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    for name in ("inr", "device"):  # imported afresh, without it
+        monkeypatch.delitem(sys.modules, f"vemviz.{name}", raising=False)
+        monkeypatch.delattr(vemviz, name, raising=False)
+    source = write_volume(Volume(np.zeros((5, 24, 24), np.uint8), (30, 10, 10)), tmp_path / "s.tif")
+    out = tmp_path / "iso.tif"
+    _fails_cleanly(capsys, ["iso", str(source), "--out", str(out), "--factor", "3"],
+                   "pip install 'vemviz[learn]'", out)  # fmt: skip
+    assert main(["iso", str(source), "--out", str(out), "--factor", "3", "--method", "flow"]) == 0
+    assert main(["sr", str(source), "--out", str(tmp_path / "sr.tif"), "--scale", "2"]) == 0
+
+
 def test_info_prints_voxel_size(tmp_path, capsys):
     path = write_volume(Volume(np.ones((2, 4, 4), np.uint8), (40, 8, 8)), tmp_path / "a.tif")
     assert main(["info", str(path)]) == 0

@@ -532,7 +532,7 @@ def _flow_store(work: Work) -> Path:
 @dataclass(frozen=True)
 class IsoBlocks(BlockStage):
     factor: float = 2.0
-    method: str = "flow"
+    method: str = iso_mod.DEFAULT_METHOD
     learned: Learned = field(default_factory=Learned)
     trained: dict[str, Any] = field(default_factory=dict, compare=False)
     flow_store: str | None = None  # inr: the first pass's output (set by execute)

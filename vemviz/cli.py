@@ -22,6 +22,8 @@ from vemviz import __version__, stages
 from vemviz.errors import Cancelled, VemvizError
 from vemviz.io import format_of, read_volume, write_volume
 from vemviz.io.atomic import write_json
+from vemviz.iso import DEFAULT_METHOD as ISO_DEFAULT
+from vemviz.iso import METHODS as ISO_METHODS
 from vemviz.progress import status
 from vemviz.restore import FILL_METHODS
 from vemviz.volume import parse_voxel_size
@@ -470,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out-voxel-size", type=float, metavar="NM", help="output z spacing (instead of --factor)"
     )
-    p.add_argument("--method", choices=("inr", "cubic", "linear", "flow"), default="flow")
+    p.add_argument("--method", choices=ISO_METHODS, default=ISO_DEFAULT,
+                   help="inr (default): learned from the volume, trains for minutes on a CPU; "
+                   "flow: the best classical method, in seconds")  # fmt: skip
     p.add_argument(
         "--uncertainty", type=Path, metavar="PATH",
         help="inr: write the per-voxel uncertainty (XZ/YZ disagreement) as a volume here",
@@ -611,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# optional dependencies of the learned methods, installed by pip install 'vemviz[learn]'
+LEARN_MODULES = ("torch", "diffusers")
+
+
 def _raise_cancel(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -625,5 +633,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except VemvizError as exc:
         print(f"vemviz: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in LEARN_MODULES:
+            raise
+        print(f"vemviz: error: this method needs {exc.name}, which is not installed: "
+              "pip install 'vemviz[learn]', or choose a classical method (e.g. iso --method "
+              "flow)", file=sys.stderr)  # fmt: skip
         return 2
     return 0

@@ -17,19 +17,19 @@ Methods:
   consecutive slices, both slices warped toward the new position along paths bent by the flows
   to the slices beyond, and blended with occlusion-aware weights. It follows structures that
   move between sections instead of cross-fading them, and scores best of the three on FlyEM.
-- ``inr``: a self-supervised local implicit function (`vemviz.inr`): trained on the volume's own
-  XY planes decimated along one in-plane axis (with their neighbour planes along z), applied to
-  its XZ and YZ planes (with their neighbour planes F pixels apart) and the two passes
-  averaged, as a residual over the cubic spline; the result is then fused with the ``flow``
-  interpolation, whose errors are partly independent (on FlyEM x8 an equal-weight fusion
-  scored 0.12 dB over the network alone, 0.69 dB over flow alone). The fusion weight is estimated
-  without any truth, one level coarser (`train_inr`): a second network, trained the same way
-  on every other input slice at factor 2F, and flow on those slices predict the input slices
-  in between, and the least-squares weight of the two predictions there is the weight at F.
-  On FlyEM it came out 0.68 for x4 (the best weight against the truth: 0.70) and 0.77 for x8
-  (best: 0.68); both beat equal weights (x4 29.59 -> 29.65 dB, x8 25.75 -> 25.80).
-  It also returns a per-voxel uncertainty (half the disagreement of the XZ and YZ passes). A
-  model trained on one volume can be reused on another, with its fusion weight.
+- ``inr`` (the default): a self-supervised local implicit function (`vemviz.inr`): trained on
+  the volume's own XY planes decimated along one in-plane axis (with their neighbour planes
+  along z), applied to its XZ and YZ planes (with their neighbour planes F pixels apart) and the
+  two passes averaged, as a residual over the cubic spline; the result is then fused with the
+  ``flow`` interpolation, whose errors are partly independent (on FlyEM x8 an equal-weight
+  fusion scored 0.12 dB over the network alone, 0.69 dB over flow alone). The fusion weight is
+  estimated without any truth, one level coarser (`train_inr`): a second network, trained the
+  same way on every other input slice at factor 2F, and flow on those slices predict the input
+  slices in between, and the least-squares weight of the two predictions there is the weight at
+  F. On FlyEM it came out 0.68 for x4 (the best weight against the truth: 0.70) and 0.77 for x8
+  (best: 0.68); both beat equal weights (x4 29.59 -> 29.65 dB, x8 25.75 -> 25.80). It also
+  returns a per-voxel uncertainty (half the disagreement of the XZ and YZ passes). A model
+  trained on one volume can be reused on another, with its fusion weight.
 
 Measured on FlyEM (250^3, 10 nm), keeping every F-th slice and scoring the synthesized slices
 (PSNR / mean SSIM, data range 255): x4 linear 28.11 / 0.759, cubic 28.12 / 0.760,
@@ -55,6 +55,10 @@ if TYPE_CHECKING:  # torch is imported only when a learned method runs
     from vemviz import inr
 
 METHODS = ("flow", "linear", "cubic", "inr")
+# The method when none is named (`vemviz iso`, the pipelines' iso stage, `reconstruct_z`): it
+# beats every classical method on FlyEM at x4 and x8 (`scripts/benchmark.py iso`) at the cost
+# of its training (`DEFAULT_TIME_BUDGET`); ``flow`` is the best classical one, in seconds.
+DEFAULT_METHOD = "inr"
 # Rows per block for the cubic spline; its coefficients take 32 bytes per voxel and pair.
 _CUBIC_BLOCK_BYTES = 256 * 2**20
 # Training seconds of `train_inr` when none are given: 240 for each of its two networks, as
@@ -137,7 +141,7 @@ class Reconstruction:
 def reconstruct_z(
     stack: np.ndarray,
     factor: float,
-    method: str = "flow",
+    method: str = DEFAULT_METHOD,
     *,
     model: inr.LearnedModel | None = None,
     training: inr.Training | None = None,
@@ -260,7 +264,7 @@ def resample_z(
     return result
 
 
-def interpolate_z(stack: np.ndarray, factor: float, method: str = "flow") -> np.ndarray:
+def interpolate_z(stack: np.ndarray, factor: float, method: str = DEFAULT_METHOD) -> np.ndarray:
     """`reconstruct_z` with default settings, returning only the volume."""
     return reconstruct_z(stack, factor, method).data
 

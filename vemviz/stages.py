@@ -160,10 +160,10 @@ def _training(time_budget: float | None, device: str, seed: int, default: float 
 def _learned_model(path: str | Path | None, kind: str, device: str, factor: float):
     """The saved ``kind`` model at ``path`` (None without one); says so when it was trained
     for another factor than ``factor`` (the decoder takes any, but it learned one)."""
-    from vemviz.inr import load_model
-
     if path is None:
         return None
+    from vemviz.inr import load_model
+
     model = load_model(Path(path), kind, device)
     if not np.isclose(model.factor, factor, rtol=1e-3):
         status(f"note: {path} was trained for x{model.factor:g} and is applied at x{factor:g}; "
@@ -186,7 +186,7 @@ def iso(
     *,
     factor: float | None = None,
     out_voxel_size: float | None = None,
-    method: str = "flow",
+    method: str = iso_mod.DEFAULT_METHOD,
     time_budget: float | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -202,7 +202,8 @@ def iso(
     result = iso_mod.reconstruct_z(
         volume.numpy(), factor, method=method,
         model=_learned_model(model, "iso", device, factor),
-        training=_training(time_budget, device, seed, iso_mod.DEFAULT_TIME_BUDGET),
+        training=_training(time_budget, device, seed, iso_mod.DEFAULT_TIME_BUDGET)
+        if method == "inr" else None,
     )  # fmt: skip
     report: Report = {
         "method": method,
@@ -350,7 +351,7 @@ def iso_blocks(
     *,
     factor: float | None = None,
     out_voxel_size: float | None = None,
-    method: str = "flow",
+    method: str = iso_mod.DEFAULT_METHOD,
     uncertainty: str | Path | None = None,
     **learned: Any,
 ):
@@ -411,7 +412,7 @@ def sr(
     out, trained = sr_mod.super_resolve(
         volume.numpy(), scale, method=method,
         model=_learned_model(model, "sr", device, scale),
-        training=_training(time_budget, device, seed),
+        training=_training(time_budget, device, seed) if method == "learned" else None,
     )  # fmt: skip
     report: Report = {"method": method, "scale": scale, "shape_out": list(out.shape)}
     if trained is not None:
@@ -522,7 +523,8 @@ def plan_reimage(
     hr_voxel = sr_mod.sr_voxel_size(voxel, scale)
     assessment = reimage_mod.assess(
         volume.numpy(), voxel, scale=scale, tile=tile, sr_method=sr_method,
-        segmenter=_segmenter(target, hr_voxel), training=_training(time_budget, device, seed),
+        segmenter=_segmenter(target, hr_voxel),
+        training=_training(time_budget, device, seed) if sr_method == "learned" else None,
     )  # fmt: skip
     plan = reimage_mod.make_plan(
         assessment, budget=budget, margin=margin, dwell_ns=dwell_ns,
