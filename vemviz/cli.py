@@ -23,6 +23,7 @@ from vemviz.errors import Cancelled, VemvizError
 from vemviz.io import format_of, read_volume, write_volume
 from vemviz.io.atomic import write_json
 from vemviz.iso import DEFAULT_METHOD as ISO_DEFAULT
+from vemviz.iso import DEFAULT_TIME_BUDGET as ISO_BUDGET
 from vemviz.iso import METHODS as ISO_METHODS
 from vemviz.progress import status
 from vemviz.restore import FILL_METHODS
@@ -479,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--uncertainty", type=Path, metavar="PATH",
         help="inr: write the per-voxel uncertainty (XZ/YZ disagreement) as a volume here",
     )  # fmt: skip
-    _add_learned(p, "inr", budget="480, shared by the network and the one that sets its weight "
-                 "against flow")  # fmt: skip
+    _add_learned(p, "inr", budget=f"{ISO_BUDGET:g}, shared by the network and the one that "
+                 "sets its weight against flow")  # fmt: skip
     _add_common(p)
     _add_scale(p)
     p.set_defaults(func=cmd_iso)

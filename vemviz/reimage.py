@@ -514,9 +514,7 @@ def refine_on_scan(
     inner = np.s_[ly0 * scale - y0 : ly1 * scale - y0, lx0 * scale - x0 : lx1 * scale - x0]
 
     def mismatch(shift: np.ndarray) -> float:
-        moved = cv2.warpAffine(image, np.float32([[1, 0, shift[1]], [0, 1, shift[0]]]),
-                               (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC,
-                               borderMode=cv2.BORDER_REPLICATE)[inner]  # fmt: skip
+        moved = _shifted(image, shift[0], shift[1])[inner]
         down = moved.reshape(ly1 - ly0, scale, lx1 - lx0, scale).mean((1, 3), dtype=np.float64)
         spread = down.std()
         if spread == 0:
@@ -530,6 +528,14 @@ def refine_on_scan(
     if found.fun >= mismatch(begin):
         return start
     return float(found.x[0]), float(found.x[1])
+
+
+def _shifted(tile: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """``tile`` moved by (dy, dx) px, float32 (cubic, its edge pixels repeated)."""
+    height, width = tile.shape
+    return cv2.warpAffine(tile.astype(np.float32, copy=False), np.float32([[1, 0, dx], [0, 1, dy]]),
+                          (width, height), flags=cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
 
 
 def _ramp(n: int, width: int, start_open: bool, end_open: bool) -> np.ndarray:
@@ -583,9 +589,7 @@ def merge_tiles(
                               f"the plan asked for {y1 - y0}x{x1 - x0}")  # fmt: skip
         start = register_tile(image, sr[z, y0:y1, x0:x1], max_shift)
         dy, dx = refine_on_scan(image, scan[z], (y0, y1, x0, x1), scale, start)
-        moved = cv2.warpAffine(image.astype(np.float32), np.float32([[1, 0, dx], [0, 1, dy]]),
-                               (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC,
-                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        moved = _shifted(image, dy, dx)
         feather = _feather((y0, y1, x0, x1), max(1, margin // 2), sr.shape[1], sr.shape[2])
         weight = cv2.warpAffine(feather.astype(np.float32),
                                 np.float32([[1, 0, dx], [0, 1, dy]]), (x1 - x0, y1 - y0),
